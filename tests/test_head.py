@@ -1,0 +1,79 @@
+"""Draft head checkpoints: published format, exact round trip, clear errors on mismatch."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_hf
+from jetspec_core.errors import JetSpecError
+from jetspec_core.head import DraftHead, HeadConfig, default_tap_layers
+from jetspec_core.loading import load_head
+from jetspec_core.target import target_from_hf
+
+
+def test_default_taps():
+    assert default_tap_layers(36, 5) == [1, 9, 17, 25, 33]  # Qwen3-8B, as published
+    assert default_tap_layers(30, 1) == [15]
+    assert default_tap_layers(30, 5) == [1, 8, 14, 20, 27]
+
+
+@pytest.fixture
+def tiny():
+    return target_from_hf(tiny_hf("llama"), name="tiny")
+
+
+def make_head(tiny, **kw):
+    cfg = HeadConfig.for_target(tiny.shape, mask_token_id=96, num_layers=2, **kw)
+    cfg.dtype = "float32"
+    torch.manual_seed(0)
+    return DraftHead(cfg)
+
+
+def test_round_trip_exact_and_published_names(tiny, tmp_path):
+    head = make_head(tiny)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    head.save(tmp_path)
+    names = set(load_file(str(tmp_path / "model.safetensors")))
+    assert {"fc.weight", "hidden_norm.weight", "norm.weight", "layers.0.self_attn.q_proj.weight",
+            "layers.1.self_attn.k_norm.weight", "layers.0.mlp.down_proj.weight",
+            "layers.1.input_layernorm.weight", "layers.1.post_attention_layernorm.weight"} <= names
+    assert not any(n.startswith("model.") or "embed" in n or "lm_head" in n for n in names)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["dflash_config"]["causal_head"] is True
+    assert cfg["dflash_config"]["target_layer_ids"] == head.config.target_layer_ids
+    assert cfg["block_size"] == 16 and cfg["num_target_layers"] == 6
+    back = DraftHead.load(tmp_path)
+    for (k, a), (k2, b) in zip(head.state_dict().items(), back.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+
+
+def test_published_style_config_loads(tmp_path, tiny):
+    head = make_head(tiny)
+    head.save(tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg.pop("hidden_act")
+    cfg["torch_dtype"] = cfg.pop("dtype")
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    assert DraftHead.load(tmp_path).config.num_hidden_layers == 2
+
+
+def test_mismatched_head_names_the_problem(tmp_path, tiny):
+    other = target_from_hf(tiny_hf("llama", vocab=120), name="other")
+    make_head(tiny).save(tmp_path)
+    with pytest.raises(JetSpecError, match=r"vocab_size 97 != target vocab 120"):
+        load_head(str(tmp_path), other)
+
+
+def test_bad_head_folders(tmp_path, tiny):
+    with pytest.raises(JetSpecError, match="does not exist"):
+        DraftHead.load(tmp_path / "nope")
+    make_head(tiny).save(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"\x00" * 50)
+    with pytest.raises(JetSpecError, match="corrupt or truncated"):
+        DraftHead.load(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    with pytest.raises(JetSpecError, match="no model.safetensors"):
+        DraftHead.load(tmp_path)
