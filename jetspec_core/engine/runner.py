@@ -1,0 +1,368 @@
+"""`FastDecoder`: JetSpec rounds and plain decoding on the static engine, graphed on a GPU.
+
+Same interface as `jetspec_core.decoder.Decoder` (`stream(prompt_ids, cfg)` yields one
+`RoundRecord` per round; `generate` and `summarize` work unchanged). A round is four captured
+steps on the device — draft (head forward) → tree (GPU builder) → verify (target forward over
+the tree bucket) → accept (greedy rule + commit: KV compaction, draft-context append, next
+root) — and plain decoding is one captured step (verify of the root + accept). Nothing in a
+round needs the host, so round r+1 is queued before the host waits for round r: one host sync
+per round, and the record of round r (tree arrays, target choices, accepted path, timings from
+CUDA events) arrives through pinned memory while round r+1 runs. The host cuts at EOS and at
+max_new_tokens; the extra round queued past the end is discarded.
+
+Greedy decoding runs here; sampling (temperature > 0) goes through the reference loop of
+`Decoder`, which is lossless but not graphed. A host drafter (any `Drafter` that is not a
+`HeadDrafter`, e.g. the tests' oracle) runs too: its proposal is copied in each round, so that
+round is not queued ahead.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+from ..config import DecodeConfig
+from ..decoder import Decoder, RoundRecord
+from ..drafter import Drafter, HeadDrafter
+from ..errors import JetSpecError
+from ..target import Target
+from .fused import Fused
+from .gpu_tree import StaticTree, build_static
+from .graphs import Clock, Step
+from .static_model import Attention, StaticHead, StaticTarget, pick_tree_attention
+
+BUCKETS = (1, 16, 32, 64, 128, 256)
+CAPACITY_STEP = 256
+
+
+def bucket_for(budget: int) -> int:
+    """The verify bucket (static tree size) that holds a tree of `budget` nodes."""
+    for b in BUCKETS:
+        if b >= budget:
+            return b
+    raise JetSpecError(f"budget {budget} exceeds the largest bucket {BUCKETS[-1]}")
+
+
+@dataclass
+class _Slot:
+    """Host side of one in-flight round: pinned staging buffers, phase clock, done event."""
+
+    clock: Clock
+    done: torch.cuda.Event | None
+    ints: dict = field(default_factory=dict)     # bucket -> pinned int64 buffer
+    floats: dict = field(default_factory=dict)   # bucket -> pinned float32 buffer
+    bucket: int = 1
+    speculative: bool = False
+
+
+class _State:
+    """Device state for one cache capacity: static models, buffers and captured steps."""
+
+    def __init__(self, dec: "FastDecoder", capacity: int):
+        t = dec.target
+        self.capacity = capacity
+        self.st = StaticTarget(t.model, capacity, dec.taps, dec.fused, Attention(dec.kernel))
+        self.sh = StaticHead(dec.head, self.st) if dec.head is not None else None
+        dev = t.device
+        self.prefix = torch.zeros((), dtype=torch.long, device=dev)
+        self.root = torch.zeros((), dtype=torch.long, device=dev)
+        self.d_logp = torch.zeros(max(dec.max_depth, 1), t.shape.vocab_size, device=dev)
+        self.trees: dict[int, StaticTree] = {}
+        self.vout: dict[int, tuple] = {}
+        self.stage: dict[int, tuple] = {}
+        self.steps: dict[tuple, Step] = {}
+
+    def tree_buffers(self, n: int) -> StaticTree:
+        if n not in self.trees:
+            dev = self.prefix.device
+            z = lambda dt: torch.zeros(n, dtype=dt, device=dev)  # noqa: E731
+            tb = StaticTree(tokens=z(torch.long), parents=z(torch.long), depth=z(torch.long),
+                            rank=z(torch.long), draft_logp=z(torch.float32), cum_logp=z(torch.float32),
+                            valid=z(torch.bool), n_valid=torch.zeros((), dtype=torch.long, device=dev),
+                            anc=torch.zeros(n, n, dtype=torch.bool, device=dev))
+            if n == 1:  # the plain step's tree: the root alone
+                tb.parents.fill_(-1)
+                tb.rank.fill_(-1)
+                tb.valid.fill_(True)
+                tb.n_valid.fill_(1)
+                tb.anc.fill_(True)
+            self.trees[n] = tb
+        return self.trees[n]
+
+
+class FastDecoder(Decoder):
+    """The graphed engine behind the same streaming interface as `Decoder`.
+
+    graphs: capture CUDA graphs (default: on CUDA); capacity: initial KV-cache rows (grown on
+    demand, which re-captures); attention: 'auto' (Triton tree attention when it works) or
+    'sdpa'; fused: 'auto' (Triton RMSNorm/SiLU on CUDA) or 'torch'."""
+
+    def __init__(self, target: Target, drafter: Drafter | None = None, *, graphs: bool | None = None,
+                 capacity: int = 1024, attention: str = "auto", fused: str = "auto"):
+        super().__init__(target, drafter)
+        dev = target.device
+        self.head = drafter.head if isinstance(drafter, HeadDrafter) else None
+        self.host_drafter = drafter if drafter is not None and self.head is None else None
+        self.taps = tuple(drafter.taps) if drafter is not None else ()
+        self.max_depth = drafter.max_depth if drafter is not None else 0
+        self.d1 = self.max_depth + 1                     # path slots: root + one per depth
+        self.graphs = (dev.type == "cuda") if graphs is None else bool(graphs)
+        if self.graphs and dev.type != "cuda":
+            raise JetSpecError("CUDA graphs need a CUDA device")
+        self.fused = Fused(dev, target.model.dtype, force="torch" if fused == "torch" else None)
+        self.kernel, self.attention_note = pick_tree_attention(dev, force="sdpa" if attention == "sdpa" else None)
+        self.min_capacity = capacity
+        self.state: _State | None = None
+        self.syncs = 0           # host waits on the device during rounds (one per round)
+        self.rounds = 0
+        self._slots = [_Slot(Clock(dev), torch.cuda.Event() if dev.type == "cuda" else None) for _ in range(2)]
+
+    # -- facts ------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"engine": "fast", "graphs": self.graphs, "attention": self.attention_note,
+                "fused": self.fused.kind + (f" ({self.fused.note})" if self.fused.note else ""),
+                "capacity": self.state.capacity if self.state else self.min_capacity}
+
+    def supports(self, cfg: DecodeConfig) -> bool:
+        """Greedy decoding runs on the engine; sampling uses the reference loop."""
+        return cfg.greedy
+
+    # -- state and captured steps -------------------------------------------------------------
+    @torch.no_grad()
+    def reserve(self, capacity: int) -> None:
+        """Make the KV caches hold at least `capacity` rows (drops captured graphs if it grows)."""
+        if self.state is None or self.state.capacity < capacity:
+            cap = -(-max(capacity, self.min_capacity) // CAPACITY_STEP) * CAPACITY_STEP
+            self.state = None
+            if self.target.device.type == "cuda":
+                torch.cuda.empty_cache()
+            self.state = _State(self, cap)
+
+    def _reset(self) -> None:
+        s = self.state
+        s.prefix.fill_(0)
+        s.root.fill_(0)
+
+    @torch.no_grad()
+    def _step(self, key: tuple, fn) -> Step:
+        s = self.state
+        if key not in s.steps:
+            s.steps[key] = Step(fn, "/".join(map(str, key)), self.graphs, reset=self._reset)
+        return s.steps[key]
+
+    def _prepare(self, cfg: DecodeConfig, speculative: bool, n: int) -> list[Step]:
+        """The steps of one round for this config, captured now (before the prefill) if new."""
+        if not speculative:
+            self.state.tree_buffers(1)
+            return [self._step(("plain",), self._plain_step)]
+        depth = min(cfg.depth, self.max_depth)
+        self.state.tree_buffers(n)
+        draft = None if self.head is None else self._step(("draft",), self._draft)
+        tree = self._step(("tree", n, cfg.builder, cfg.width, depth, cfg.budget),
+                          lambda: self._tree(n, cfg.builder, cfg.width, depth, cfg.budget))
+        verify = self._step(("verify", n), lambda: self._verify(n))
+        accept = self._step(("accept", n), lambda: self._accept(n, True))
+        return [draft, tree, verify, accept]
+
+    # -- the phases (static shapes; device tensors in, device tensors out) ---------------------
+    def _draft(self) -> None:
+        s = self.state
+        s.d_logp = s.sh.draft(s.root, s.prefix)                        # (D, V)
+
+    def _tree(self, n: int, builder: str, width: int, depth: int, budget: int) -> None:
+        s = self.state
+        t = build_static(builder, s.d_logp, s.root, width, depth, budget, n)
+        buf = s.trees[n]
+        for f in StaticTree.FIELDS:
+            getattr(buf, f).copy_(getattr(t, f))
+
+    def _verify(self, n: int) -> None:
+        s = self.state
+        tb = s.trees[n]
+        logits, hidden = s.st.forward(tb.tokens, tb.depth, tb.anc, s.prefix)   # (N, V), (N, n·H)
+        s.vout[n] = (logits.argmax(-1), logits, hidden)
+
+    def _accept(self, n: int, speculative: bool) -> None:
+        """Greedy rule (paper notation): child c of u matches when x_c = argmax p_u; accept the
+        deepest node whose whole path matches (first sibling wins); bonus = argmax p there.
+        Then commit: move the K/V rows of root + accepted nodes to [prefix, prefix + τ), append
+        their hidden states to the draft context, advance prefix, make the bonus the root."""
+        s = self.state
+        tb = s.trees[n]
+        top, logits, hidden = s.vout[n]
+        ar = s.st.ar[:n]
+        par0 = tb.parents.clamp(min=0)
+        match = ((tb.tokens == top[par0]) | (ar == 0)) & tb.valid         # (N,)
+        ok = ~(tb.anc & ~match[None, :]).any(-1)                           # whole path matches
+        best = torch.argmax(torch.where(ok, tb.depth, -1))
+        plen = tb.depth[best] + 1                                           # τ
+        on_path = tb.anc[best]
+        level = s.st.ar[:self.d1, None]
+        path = (on_path[None, :] & (tb.depth[None, :] == level)).float().argmax(-1)  # (D+1,)
+        bonus = top[best]
+        lse = torch.logsumexp(logits, dim=-1)
+        tprob = torch.where(ar == 0, 1.0, torch.exp(logits[par0, tb.tokens] - lse[par0]))
+        if speculative:
+            src, dst = s.prefix + path, s.prefix + s.st.ar[:self.d1]
+            for cache in (s.st.k, s.st.v):
+                cache.index_copy_(2, dst, cache.index_select(2, src))
+            if s.sh is not None:
+                s.sh.append(hidden[path], s.prefix)
+        new_prefix = s.prefix + plen
+        s.prefix.copy_(new_prefix)
+        s.root.copy_(bonus)
+        ints = torch.cat([torch.stack([tb.n_valid, plen, bonus, best]), path, tb.tokens, tb.parents,
+                          tb.depth, tb.rank, top])
+        floats = torch.cat([(ok & tb.valid).sum().float().reshape(1), tb.draft_logp, tb.cum_logp,
+                            tprob.float(), match.float()])
+        s.stage[n] = (ints, floats)
+
+    def _plain_step(self) -> None:
+        s = self.state
+        s.trees[1].tokens.copy_(s.root.reshape(1))
+        self._verify(1)
+        self._accept(1, False)
+
+    # -- prefill and the host loop --------------------------------------------------------------
+    @torch.no_grad()
+    def _prefill(self, prompt_ids: list[int], speculative: bool) -> None:
+        s, dev = self.state, self.target.device
+        s.prefix.fill_(0)
+        p = len(prompt_ids) - 1
+        hidden = None
+        if p > 0:
+            ids = torch.tensor(prompt_ids[:-1], device=dev)
+            causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
+            _, hidden = s.st.forward(ids, torch.arange(p, device=dev), causal, s.prefix, logits=False,
+                                     attention=Attention())
+            if speculative and s.sh is not None:
+                s.sh.append(hidden, s.prefix)
+        if speculative and self.host_drafter is not None:
+            self.host_drafter.start(hidden if self.taps else None, list(prompt_ids))
+        s.prefix.fill_(p)
+        s.root.fill_(prompt_ids[-1])
+
+    @torch.no_grad()
+    def _launch(self, r: int, steps: list, speculative: bool, n: int, committed: list[int]) -> None:
+        slot = self._slots[r % 2]
+        c = slot.clock
+        c.reset()
+        c.mark(0)
+        if speculative:
+            draft, tree, verify, accept = steps
+            if draft is None:  # a host drafter: its proposal for this root
+                lp = self.host_drafter.propose(committed[-1], committed)
+                self.state.d_logp[:lp.shape[0]].copy_(lp.to(self.state.d_logp.device))
+            else:
+                draft()
+            c.mark(1)
+            tree()
+            c.mark(2)
+            verify()
+            c.mark(3)
+            accept()
+        else:
+            steps[0]()
+        c.mark(4)
+        ints, floats = self.state.stage[n]
+        if slot.done is None:
+            slot.ints[n], slot.floats[n] = ints.clone(), floats.clone()
+        else:
+            if n not in slot.ints:
+                slot.ints[n] = torch.empty(ints.shape, dtype=ints.dtype, pin_memory=True)
+                slot.floats[n] = torch.empty(floats.shape, dtype=floats.dtype, pin_memory=True)
+            slot.ints[n].copy_(ints, non_blocking=True)
+            slot.floats[n].copy_(floats, non_blocking=True)
+            slot.done.record()
+        slot.bucket, slot.speculative = n, speculative
+
+    def _collect(self, r: int):
+        slot = self._slots[r % 2]
+        if slot.done is not None:
+            slot.done.synchronize()
+            self.syncs += 1
+        self.rounds += 1
+        c = slot.clock
+        if slot.speculative:
+            timings = {"draft": c.seconds(0, 1), "tree": c.seconds(1, 2), "verify": c.seconds(2, 3),
+                       "accept": c.seconds(3, 4)}
+        else:
+            timings = {"draft": 0.0, "tree": 0.0, "verify": c.seconds(0, 4), "accept": 0.0}
+        return slot.ints[slot.bucket].tolist(), slot.floats[slot.bucket].tolist(), slot.bucket, timings
+
+    def stream(self, prompt_ids: list[int], cfg: DecodeConfig) -> Iterator[RoundRecord]:
+        """Yield one RoundRecord per round until EOS or max_new_tokens (see `Decoder.stream`)."""
+        if not self.supports(cfg):
+            yield from super().stream(prompt_ids, cfg)
+            return
+        self.check(prompt_ids, cfg)
+        speculative = cfg.mode == "jetspec" and cfg.budget > 1 and self.drafter is not None
+        n = bucket_for(cfg.budget) if speculative else 1
+        # room for the prompt, the output, and two rounds of scratch rows (one queued ahead)
+        self.reserve(len(prompt_ids) + cfg.max_new_tokens + 2 * (n + self.d1) + 8)
+        steps = self._prepare(cfg, speculative, n)
+        eos = self.target.eos_ids if cfg.stop_at_eos else frozenset()
+        if self.target.device.type == "cuda":
+            torch.cuda.synchronize(self.target.device)   # a round left queued by the last request
+        start = time.perf_counter()
+        self._prefill(prompt_ids, speculative)
+        committed = list(prompt_ids)
+        past, generated, d1 = len(prompt_ids) - 1, 0, self.d1
+        ahead = not (speculative and self.host_drafter is not None)
+        self._launch(0, steps, speculative, n, committed)
+        r = 0
+        while True:
+            if ahead:
+                self._launch(r + 1, steps, speculative, n, committed)
+            ints, fl, nb, timings = self._collect(r)
+            nv, plen, bonus = ints[0], ints[1], ints[2]
+            o = 4
+            path = ints[o:o + plen]
+            o += d1
+            tokens, parents, depth, rank, top = (ints[o + i * nb: o + i * nb + nv] for i in range(5))
+            draft_logp, cum_logp, tprob, match = (fl[1 + i * nb: 1 + i * nb + nv] for i in range(4))
+            new = [tokens[i] for i in path[1:]] + [bonus]
+            finished = None
+            for j, t in enumerate(new):
+                if t in eos:
+                    new, finished = new[: j + 1], "eos"
+                    break
+            room = cfg.max_new_tokens - generated
+            if len(new) >= room:
+                new, finished = new[:room], finished or "length"
+            committed += new
+            generated += len(new)
+            rec = RoundRecord(
+                index=r, past_len=past, tokens=tokens, parents=parents, depth=depth, rank=rank,
+                draft_logp=draft_logp, cum_logp=cum_logp, target_prob=tprob, accept_prob=match,
+                target_top=top, accepted=path, bonus=bonus, new_tokens=new, expected_tau=fl[0],
+                timings=timings, elapsed_s=time.perf_counter() - start, finished=finished)
+            past += len(new)
+            if not ahead and not finished:
+                if self.taps:
+                    hidden = self.state.vout[n][2]
+                    keep = torch.tensor(path[: len(new)], device=hidden.device)
+                    self.host_drafter.extend(hidden[keep], committed)
+                else:
+                    self.host_drafter.extend(None, committed)
+            yield rec
+            if finished:
+                return
+            if not ahead:
+                self._launch(r + 1, steps, speculative, n, committed)
+            r += 1
+
+    # -- helpers for benchmarks ----------------------------------------------------------------
+    @torch.no_grad()
+    def next_logits(self, ids: list[int]) -> torch.Tensor:
+        """The target's logits (V,) fp32 after `ids`, by one eager forward (for divergence reports)."""
+        self.reserve(len(ids) + 8)
+        s, dev = self.state, self.target.device
+        s.prefix.fill_(0)
+        n = len(ids)
+        causal = torch.ones(n, n, dtype=torch.bool, device=dev).tril()
+        logits, _ = s.st.forward(torch.tensor(ids, device=dev), torch.arange(n, device=dev), causal, s.prefix,
+                                 attention=Attention())
+        return logits[-1]

@@ -1,0 +1,295 @@
+"""Static-shape forwards of the target and of the draft head over their existing weights.
+
+Every shape here is fixed by the number of new rows N (a tree-size bucket) and the cache
+capacity S, and every per-round quantity (the prefix length, the root token) is a device
+tensor, so one captured CUDA graph serves every round and every prefix length:
+
+- `StaticTarget` runs the llama / qwen2 / qwen3 forward of a `TargetModel` over its own KV
+  cache (L, Hkv, S, D). The new rows are written at [prefix, prefix + N); attention covers the
+  whole capacity with a mask built on the device (prefix rows visible to all, tree rows by the
+  ancestor mask), or the Triton tree-attention kernel when it is available.
+- `StaticHead` runs the causal parallel draft head with its context keys/values cached: the
+  fused features of committed rows are projected once, when they are committed.
+
+Weights are shared with the reference model, not copied: q/k/v and gate/up are re-packed in
+place into one matrix each (the reference parameters become views of it, values unchanged).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import JetSpecError
+from ..head import DraftHead
+from ..model import TargetModel
+from .fused import Fused
+
+
+def fuse_rows(params: list[torch.nn.Parameter]) -> torch.Tensor:
+    """Concatenate parameters along dim 0 into one tensor and turn each into a view of it.
+
+    Idempotent: parameters that are already consecutive views of one storage (packed by an
+    earlier engine over the same model) are returned as that view, not copied again."""
+    base = params[0].data
+    storage = base.untyped_storage()
+    off, packed = base.storage_offset(), True
+    for p in params:
+        d = p.data
+        if (d.untyped_storage().data_ptr() != storage.data_ptr() or d.storage_offset() != off
+                or not d.is_contiguous()):
+            packed = False
+            break
+        off += d.numel()
+    n = sum(p.shape[0] for p in params)
+    if packed:
+        return torch.empty(0, dtype=base.dtype, device=base.device).set_(
+            storage, base.storage_offset(), (n, *base.shape[1:]))
+    fused = torch.cat([p.data for p in params], dim=0)
+    off = 0
+    for p in params:
+        p.data = fused[off:off + p.shape[0]]
+        off += p.shape[0]
+    return fused
+
+
+def rope_table(n_pos: int, head_dim: int, theta: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin (n_pos, head_dim) exactly as `model.rope_cos_sin` computes them per position."""
+    inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    ang = torch.arange(n_pos, device=device).float()[:, None] * inv
+    emb = torch.cat([ang, ang], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (N, H, D), cos/sin (N, D): rotate-half RoPE (same arithmetic as `model.apply_rope`)."""
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos[:, None] + rot * sin[:, None]
+
+
+def visible(prefix: torch.Tensor, anc: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
+    """(N, S) bool: row i sees key j when j < prefix, or j = prefix + t with anc[i, t]."""
+    n = anc.shape[0]
+    rel = ar - prefix                                    # (S,)
+    in_tree = (rel >= 0) & (rel < n)
+    tree = anc[:, rel.clamp(0, n - 1)] & in_tree          # (N, S)
+    return tree | (rel < 0)
+
+
+def pick_tree_attention(device: torch.device, force: str | None = None):
+    """The Triton tree-attention kernel when it is importable on CUDA and agrees with SDPA on a
+    probe; None (dense-mask SDPA) otherwise. Returns (fn or None, note)."""
+    if force == "sdpa" or device.type != "cuda":
+        return None, "sdpa"
+    try:
+        from ..kernels import tree_attention as ta
+        fn = getattr(ta, "tree_attention", None) or ta.tree_attention_triton
+        pack = ta.pack_ancestor_bits
+        g = torch.Generator(device=device).manual_seed(0)
+        for hq, hkv, n, d in ((9, 3, 5, 64), (8, 2, 33, 128)):
+            s = 200
+            q = torch.randn(hq, n, d, device=device, generator=g).to(torch.bfloat16)
+            k = torch.randn(hkv, s, d, device=device, generator=g).to(torch.bfloat16)
+            v = torch.randn(hkv, s, d, device=device, generator=g).to(torch.bfloat16)
+            par = torch.arange(n, device=device) - 1 - (torch.arange(n, device=device) % 3 == 2).long()
+            par = par.clamp(min=0)
+            anc = torch.eye(n, dtype=torch.bool, device=device)
+            for _ in range(n):
+                anc = anc | anc[par]
+            plen = torch.tensor([100], device=device, dtype=torch.int32)
+            got = fn(q, k, v, plen, pack(anc))
+            ar = torch.arange(s, device=device)
+            mask = visible(torch.tensor(100, device=device), anc, ar)
+            rep = hq // hkv
+            ref = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(rep, 0),
+                                                 v.float().repeat_interleave(rep, 0), attn_mask=mask)
+            if not torch.allclose(got.float(), ref, atol=3e-2, rtol=3e-2):
+                raise RuntimeError("probe mismatch")
+        return (fn, pack), "triton tree attention"
+    except Exception as e:  # noqa: BLE001 - missing or broken kernel: use SDPA
+        return None, f"sdpa (tree-attention kernel unavailable: {type(e).__name__}: {str(e)[:120]})"
+
+
+class Attention:
+    """Attention of N new rows over one layer's cache rows, shared by all layers of a forward.
+
+    `prepare` runs once per forward (mask or bit rows); `__call__` once per layer."""
+
+    def __init__(self, kernel=None):
+        self.kernel = kernel
+
+    def prepare(self, prefix: torch.Tensor, anc: torch.Tensor, ar: torch.Tensor, rep: int, dtype):
+        if self.kernel is not None:
+            return ("kernel", prefix.to(torch.int32).reshape(1), self.kernel[1](anc))
+        vis = visible(prefix, anc, ar)                                     # (N, S)
+        bias = torch.zeros(vis.shape, device=vis.device, dtype=dtype).masked_fill_(~vis, float("-inf"))
+        return ("sdpa", bias.repeat(rep, 1), None)                         # (rep·N, S)
+
+    def __call__(self, prep, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (N, Hq, D); k/v (Hkv, S, D) → (N, Hq·D)."""
+        n, hq, d = q.shape
+        hkv = k.shape[0]
+        if prep[0] == "kernel":
+            o = self.kernel[0](q.transpose(0, 1).contiguous(), k, v, prep[1], prep[2])   # (Hq, N, D)
+            return o.transpose(0, 1).reshape(n, hq * d)
+        # grouped-query attention without copying K/V: the rep query heads of one KV head are
+        # stacked along the row axis, (Hkv, rep·N, D); head h uses KV head h // rep.
+        qg = q.transpose(0, 1).reshape(hkv, (hq // hkv) * n, d)
+        o = F.scaled_dot_product_attention(qg[None], k[None], v[None], attn_mask=prep[1][None, None])
+        return o[0].reshape(hq, n, d).transpose(0, 1).reshape(n, hq * d)
+
+
+@dataclass
+class _Layer:
+    ln1: torch.Tensor
+    ln2: torch.Tensor
+    qkv: torch.Tensor
+    qkv_b: torch.Tensor | None
+    o: torch.Tensor
+    gu: torch.Tensor
+    down: torch.Tensor
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+
+
+class StaticTarget:
+    """The target's forward with a static KV cache of `capacity` rows (see the module doc)."""
+
+    def __init__(self, model: TargetModel, capacity: int, taps: tuple[int, ...] = (),
+                 fused: Fused | None = None, attention: Attention | None = None):
+        s = model.shape
+        self.model, self.shape, self.taps = model, s, tuple(taps)
+        self.capacity = capacity
+        dev, dt = model.device, model.dtype
+        self.device, self.dtype = dev, dt
+        self.fused = fused or Fused(dev, dt, force="torch")
+        self.attention = attention or Attention()
+        self.layers = []
+        for w in model.layers:
+            qkv = fuse_rows([w["self_attn_q_proj_weight"], w["self_attn_k_proj_weight"],
+                             w["self_attn_v_proj_weight"]])
+            b = (fuse_rows([w["self_attn_q_proj_bias"], w["self_attn_k_proj_bias"], w["self_attn_v_proj_bias"]])
+                 if model.qkv_bias else None)
+            gu = fuse_rows([w["mlp_gate_proj_weight"], w["mlp_up_proj_weight"]])
+            self.layers.append(_Layer(
+                ln1=w["input_layernorm_weight"].data, ln2=w["post_attention_layernorm_weight"].data,
+                qkv=qkv, qkv_b=b, o=w["self_attn_o_proj_weight"].data, gu=gu,
+                down=w["mlp_down_proj_weight"].data,
+                q_norm=w["self_attn_q_norm_weight"].data if model.qk_norm else None,
+                k_norm=w["self_attn_k_norm_weight"].data if model.qk_norm else None))
+        size = (s.num_layers, s.num_kv_heads, capacity, s.head_dim)
+        self.k = torch.zeros(size, device=dev, dtype=dt)
+        self.v = torch.zeros(size, device=dev, dtype=dt)
+        self.ar = torch.arange(capacity, device=dev)
+        self.cos, self.sin = rope_table(capacity, s.head_dim, s.rope_theta, dev, dt)
+
+    def forward(self, ids: torch.Tensor, depth: torch.Tensor, anc: torch.Tensor, prefix: torch.Tensor,
+                logits: bool = True, attention: Attention | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """ids, depth (N,); anc (N, N) bool ancestor-or-self; prefix 0-d long (cache rows before).
+
+        Writes the new K/V rows at [prefix, prefix + N) (the caller commits what it keeps).
+        Returns logits (N, V) fp32 (or None) and the tapped hidden states (N, n·H) (or None).
+        `attention` overrides the engine's (the prefill uses dense-mask SDPA)."""
+        s, f = self.shape, self.fused
+        attn = attention or self.attention
+        n = ids.shape[0]
+        hq, hkv, d = s.num_heads, s.num_kv_heads, s.head_dim
+        pos = prefix + depth
+        rows = prefix + self.ar[:n]
+        cos, sin = self.cos[pos], self.sin[pos]                       # (N, D)
+        prep = attn.prepare(prefix, anc, self.ar, hq // hkv, self.dtype)
+        x = F.embedding(ids, self.model.embed)                         # (N, H)
+        tapped = {}
+        for li, w in enumerate(self.layers):
+            h = f.rms_norm(x, w.ln1, s.rms_norm_eps)
+            qkv = F.linear(h, w.qkv, w.qkv_b).view(n, hq + 2 * hkv, d)  # (N, Hq+2Hkv, D)
+            qk, v = qkv[:, :hq + hkv], qkv[:, hq + hkv:]
+            if w.q_norm is not None:
+                qk = torch.cat([f.rms_norm(qk[:, :hq], w.q_norm, s.rms_norm_eps),
+                                f.rms_norm(qk[:, hq:], w.k_norm, s.rms_norm_eps)], dim=1)
+            qk = rope(qk, cos, sin)                                      # (N, Hq+Hkv, D)
+            self.k[li].index_copy_(1, rows, qk[:, hq:].transpose(0, 1))
+            self.v[li].index_copy_(1, rows, v.transpose(0, 1))
+            o = attn(prep, qk[:, :hq], self.k[li], self.v[li])  # (N, Hq·D)
+            x = torch.addmm(x, o, w.o.t())
+            h = f.rms_norm(x, w.ln2, s.rms_norm_eps)
+            x = torch.addmm(x, f.silu_mul(F.linear(h, w.gu)), w.down.t())
+            if li in self.taps:
+                tapped[li] = x
+        hidden = torch.cat([tapped[t] for t in self.taps], dim=-1) if self.taps else None
+        if not logits:
+            return None, hidden
+        return F.linear(f.rms_norm(x, self.model.norm, s.rms_norm_eps), self.model.lm_head).float(), hidden
+
+
+class StaticHead:
+    """The draft head with cached context K/V; block slots are scratch rows past the context."""
+
+    def __init__(self, head: DraftHead, target: StaticTarget):
+        c = head.config
+        if target.shape.hidden_size != c.hidden_size:
+            raise JetSpecError("draft head hidden size does not match the target")
+        self.head, self.c, self.target = head, c, target
+        self.block = c.block_size
+        dev = head.fc.weight.device
+        self.dtype = head.fc.weight.dtype
+        self.fused = target.fused if self.dtype == target.dtype else Fused(dev, self.dtype, force="torch")
+        self.attention = Attention()  # small block: dense-mask SDPA
+        cap = target.capacity + c.block_size
+        self.layers = []
+        for lay in head.layers:
+            qkv = fuse_rows([lay.q_proj.weight, lay.k_proj.weight, lay.v_proj.weight])
+            gu = fuse_rows([lay.gate_proj.weight, lay.up_proj.weight])
+            self.layers.append(_Layer(ln1=lay.input_layernorm.data, ln2=lay.post_attention_layernorm.data,
+                                      qkv=qkv, qkv_b=None, o=lay.o_proj.weight.data, gu=gu,
+                                      down=lay.down_proj.weight.data, q_norm=lay.q_norm.data,
+                                      k_norm=lay.k_norm.data))
+        size = (c.num_hidden_layers, c.num_key_value_heads, cap, c.head_dim)
+        self.k = torch.zeros(size, device=dev, dtype=self.dtype)
+        self.v = torch.zeros(size, device=dev, dtype=self.dtype)
+        self.ar = torch.arange(cap, device=dev)
+        self.cos, self.sin = rope_table(cap, c.head_dim, c.rope_theta, dev, self.dtype)
+        self.tril = torch.ones(self.block, self.block, dtype=torch.bool, device=dev).tril()
+        self.slot = torch.arange(self.block, device=dev)
+
+    def append(self, hidden: torch.Tensor, prefix: torch.Tensor) -> None:
+        """Context rows: tapped target hidden (R, n·Ht) of the rows at [prefix, prefix + R)."""
+        c, f = self.c, self.fused
+        r = hidden.shape[0]
+        feats = f.rms_norm(F.linear(hidden.to(self.dtype), self.head.fc.weight), self.head.hidden_norm.data,
+                           c.rms_norm_eps)                                 # (R, H)
+        rows = prefix + self.ar[:r]
+        cos, sin = self.cos[rows], self.sin[rows]
+        hq, hkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        for li, w in enumerate(self.layers):
+            kv = F.linear(feats, w.qkv[hq * d:]).view(r, 2 * hkv, d)
+            k = rope(f.rms_norm(kv[:, :hkv], w.k_norm, c.rms_norm_eps), cos, sin)
+            self.k[li].index_copy_(1, rows, k.transpose(0, 1))
+            self.v[li].index_copy_(1, rows, kv[:, hkv:].transpose(0, 1))
+
+    def draft(self, root: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """One head forward over [root, MASK × (B−1)] at positions prefix + slot, seeing the
+        context rows [0, prefix). Returns log-probs (B−1, V) fp32 for depths 1..B−1."""
+        c, f, t = self.c, self.fused, self.target
+        ids = torch.where(self.slot == 0, root, c.mask_token_id)
+        x = F.embedding(ids, t.model.embed).to(self.dtype)                 # (B, H)
+        rows = prefix + self.slot
+        cos, sin = self.cos[rows], self.sin[rows]
+        hq, hkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        prep = self.attention.prepare(prefix, self.tril, self.ar, hq // hkv, self.dtype)
+        for li, w in enumerate(self.layers):
+            h = f.rms_norm(x, w.ln1, c.rms_norm_eps)
+            qkv = F.linear(h, w.qkv).view(self.block, hq + 2 * hkv, d)
+            q = rope(f.rms_norm(qkv[:, :hq], w.q_norm, c.rms_norm_eps), cos, sin)
+            k = rope(f.rms_norm(qkv[:, hq:hq + hkv], w.k_norm, c.rms_norm_eps), cos, sin)
+            self.k[li].index_copy_(1, rows, k.transpose(0, 1))
+            self.v[li].index_copy_(1, rows, qkv[:, hq + hkv:].transpose(0, 1))
+            x = torch.addmm(x, self.attention(prep, q, self.k[li], self.v[li]), w.o.t())
+            h = f.rms_norm(x, w.ln2, c.rms_norm_eps)
+            x = torch.addmm(x, f.silu_mul(F.linear(h, w.gu)), w.down.t())
+        out = f.rms_norm(x, self.head.norm.data, c.rms_norm_eps)[1:]     # (B−1, H)
+        logits = F.linear(out.to(t.dtype), t.model.lm_head).float()
+        return torch.log_softmax(logits, dim=-1)
