@@ -62,6 +62,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
     else:
         print(text)
         print(f"\n[{summary.mode}] head={loaded.head_desc} rounds={summary.rounds} tau={summary.tau:.2f} "
+              f"(expected {summary.expected_tau:.2f}) "
               f"tpf={summary.tpf:.2f} tokens/s={summary.tokens_per_s:.1f} ({summary.finished})",
               file=sys.stderr)
     return 0
