@@ -81,6 +81,7 @@ class Handlers:
         return F.tree_figure(rec, self.studio.token_text, title=title)
 
     def _view(self, trace: Trace, heavy: bool, download=None, current: Run | None = None) -> tuple:
+        """Component values in `OUTPUTS` order; the light view (text, stats) skips the plots."""
         s = self.studio
         main = trace.primary
         side = trace.mode == "side_by_side"
@@ -95,7 +96,8 @@ class Handlers:
         if side and "jetspec" in trace.runs and trace.runs["jetspec"].records and plain and plain.records:
             speed = F.speedup(trace.runs["jetspec"].records, plain.records)
         stats = live_stats(cur.records if cur else [], cur.mode if cur else "", speed,
-                           note=f"running {cur.mode}…" if cur and not _done(cur) else "")
+                           note=f"running {cur.mode}…" if cur and not _done(cur) else "", run_id=trace.id,
+                           state="done" if download is not None else "running")
         if not heavy:
             return (out, plain_html, stats) + (skip,) * 8 + (download or skip, trace)
         recs = main.records if main else []

@@ -105,6 +105,7 @@ class Trace:
     prompt: str
     mode: str = "jetspec"         # the UI mode: jetspec, plain or side_by_side
     runs: dict[str, Run] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:10])
 
     @property
     def primary(self) -> Run | None:

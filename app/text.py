@@ -103,8 +103,9 @@ def stats_html(items: Sequence[tuple[str, str, str]]) -> str:
 
 
 def live_stats(records: Sequence[RoundRecord], mode: str, speedup: float | None = None,
-               note: str = "") -> str:
-    """tokens/s, τ so far, rounds, tokens and (side by side) the measured speedup."""
+               note: str = "", run_id: str = "", state: str = "running") -> str:
+    """tokens/s, τ so far, rounds, tokens and (side by side) the measured speedup. The wrapper
+    carries the generation's id and state ("running"/"done") for scripts and browser tests."""
     n_tok = sum(len(r.new_tokens) for r in records)
     el = records[-1].elapsed_s if records else 0.0
     tps = n_tok / el if el > 0 else 0.0
@@ -116,7 +117,8 @@ def live_stats(records: Sequence[RoundRecord], mode: str, speedup: float | None 
     html_ = stats_html(items)
     if note:
         html_ += f'<div class="js-legend">{html.escape(note)}</div>'
-    return html_
+    return (f'<div class="js-live" data-run="{html.escape(run_id)}" data-state="{html.escape(state)}">'
+            f'{html_}</div>')
 
 
 def banner(text: str, kind: str = "warn") -> str:
