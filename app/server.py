@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(max_size=a.queue_size, default_concurrency_limit=a.concurrency)
     try:
         demo.launch(server_name=a.host, server_port=a.port, share=False, show_error=False, theme=gr.themes.Soft(),
-                    css=CSS, footer_links=["api", "gradio"])
+                    css=CSS, footer_links=["api", "gradio"], state_session_capacity=256)
     except OSError as e:  # port taken, bad host
         print(f"error: cannot listen on {a.host}:{a.port} ({e}); pick another --port", file=sys.stderr)
         return 2

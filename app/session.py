@@ -8,8 +8,10 @@ see each other's state.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import shutil
 import tempfile
 import time
 import unicodedata
@@ -124,7 +126,10 @@ class Studio:
         self.device = self.target.device
         self.limits = limits or Limits.for_device(self.device.type)
         self.defaults = ui_defaults(self.device.type)
-        self.trace_dir = Path(trace_dir or tempfile.mkdtemp(prefix="jetspec_traces_"))
+        if trace_dir is None:
+            trace_dir = tempfile.mkdtemp(prefix="jetspec_traces_")
+            atexit.register(shutil.rmtree, trace_dir, ignore_errors=True)
+        self.trace_dir = Path(trace_dir)
 
     # ------------------------------------------------------------- facts for the UI
     @property

@@ -130,18 +130,32 @@ def test_bad_input_table_gets_clear_messages_and_server_stays_up(client, url):
     assert generate(client, prompt=PROMPT, max_new_tokens=2)["token_ids"], "a normal request right after works"
 
 
+def test_load_script_8_sessions_x_3_requests(url):
+    r = subprocess.run([sys.executable, "tests/load_app.py", "--url", url, "--head", "random", "--json",
+                        "--max-new-tokens", "4"], cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["requests"] == res["completed"] == 24 and res["errors"] == 0 and res["mismatches"] == 0
+    assert "latency p50" in r.stdout and "p95" in r.stdout
+
+
 # ---------------------------------------------------------------- in process: isolation, cancel
 
 @pytest.fixture(scope="module")
-def studio(embedded):
+def loaded(embedded):
     from jetspec_core.decoder import Decoder
     from jetspec_core.drafter import HeadDrafter
     from jetspec_core.loading import Loaded, random_head
 
+    head = random_head(embedded)
+    return Loaded(embedded, Decoder(embedded, HeadDrafter(head, embedded.model)), "random (untrained)")
+
+
+@pytest.fixture(scope="module")
+def studio(loaded):
     from app.session import Studio
 
-    head = random_head(embedded)
-    return Studio(Loaded(embedded, Decoder(embedded, HeadDrafter(head, embedded.model)), "random (untrained)"))
+    return Studio(loaded)
 
 
 def test_requests_never_share_decoder_state(studio):
@@ -182,6 +196,32 @@ def test_cancel_mid_stream_then_generate_equals_fresh_run(studio):
     gen.close()  # what Gradio does to a generator when the user presses Stop or disconnects
     assert len(cancelled.records) == 2
     assert studio.run("jetspec", ids, cfg).token_ids == fresh
+
+
+def test_time_limit_and_out_of_memory_become_messages(loaded, studio):
+    from dataclasses import replace
+
+    import torch
+
+    from app.session import Run, Studio
+    from jetspec_core.errors import JetSpecError
+
+    ids = studio.encode(PROMPT)
+    cfg = studio.config("plain", max_new_tokens=5)
+    run = Studio(loaded, limits=replace(studio.limits, timeout_s=0.0)).run("plain", ids, cfg)
+    assert len(run.records) == 1 and run.stopped == "timeout" and run.summary()["finished"] == "timeout"
+
+    class Exhausted:
+        def stream(self, *a):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            yield
+
+    class OutOfMemory(Studio):
+        def new_decoder(self, mode):
+            return Exhausted()
+
+    with pytest.raises(JetSpecError, match="out of memory on cpu .*lower the budget"):
+        list(OutOfMemory(loaded).stream(Run("plain", cfg, ids)))
 
 
 def test_parser_defaults_are_safe():
