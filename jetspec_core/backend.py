@@ -1,0 +1,206 @@
+"""The one place that decides how the verification kernels run: Triton or plain PyTorch.
+
+Setting (read at call time): `force(name)` if a test set one, else $JETSPEC_BACKEND, else auto.
+- auto: the Triton kernels when the tensors are on CUDA (and triton imports), the PyTorch
+  references otherwise (CPU);
+- triton: always the kernels; CPU tensors only under the Triton interpreter (TRITON_INTERPRET=1,
+  tests), else an error;
+- reference: always the PyTorch references.
+
+Everything else calls the functions below with one signature each and never asks which
+backend runs. `configure(model)` installs the matching `TargetModel.attend` (our forward's
+attention hook) and `compact(cache, rows)` moves accepted K/V rows, so the decoder uses the
+kernels on CUDA without knowing about them; on CPU both keep the previous code path exactly.
+The kernel modules import triton, so they are imported here lazily, on first use.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+
+import torch
+
+from .errors import JetSpecError
+from .model import KVCache, sdpa_attend
+
+BACKENDS = ("auto", "triton", "reference")
+ENV = "JETSPEC_BACKEND"
+_forced: str | None = None
+
+
+def force(name: str | None) -> None:
+    """Force a backend for this process (tests); None goes back to $JETSPEC_BACKEND / auto."""
+    global _forced
+    if name is not None and name not in BACKENDS:
+        raise JetSpecError(f"unknown backend {name!r}; use one of {', '.join(BACKENDS)}")
+    _forced = name
+
+
+@contextmanager
+def forced(name: str | None):
+    """`with forced("reference"): ...` — force a backend inside a block."""
+    before = _forced
+    force(name)
+    try:
+        yield
+    finally:
+        force(before)
+
+
+def setting() -> str:
+    name = _forced or os.environ.get(ENV, "auto") or "auto"
+    if name not in BACKENDS:
+        raise JetSpecError(f"{ENV}={name!r} is not a backend; use one of {', '.join(BACKENDS)}")
+    return name
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Whether the kernels run for tensors on t's device under the current setting."""
+    name = setting()
+    if name == "reference":
+        return False
+    on_cuda = t.device.type == "cuda"
+    if name == "auto":
+        return on_cuda and _triton_available()
+    if not _triton_available():
+        raise JetSpecError("backend 'triton' asked for, but triton is not installed")
+    if not on_cuda and not _interpreting():
+        raise JetSpecError(f"backend 'triton' needs CUDA tensors (got {t.device}); set {ENV}=auto or "
+                           "reference, or TRITON_INTERPRET=1 to interpret the kernels on CPU")
+    return True
+
+
+def describe(device: torch.device | str) -> str:
+    """One line for logs: which backend a model on `device` gets."""
+    probe = torch.empty(0, device=device)
+    return f"{setting()} -> {'triton' if use_triton(probe) else 'reference'} on {probe.device}"
+
+
+# ---------------------------------------------------------------- the kernels, one signature each
+
+def supports_tree_attention(q: torch.Tensor) -> bool:
+    from .kernels.tree_attention import DTYPES
+
+    d = q.shape[-1]
+    return q.dtype in DTYPES and 16 <= d <= 256 and d & (d - 1) == 0
+
+
+def tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len,
+                   tree_mask_bits: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """q (Hq, N, D); k, v (Hkv, S, D) = prefix rows [0, prefix_len) + tree rows; tree_mask_bits
+    (N, ceil(N/32)) int32 ancestor-or-self rows → (Hq, N, D). See kernels/tree_attention.py."""
+    from .kernels import tree_attention as ta
+
+    if use_triton(q) and supports_tree_attention(q):
+        return ta.tree_attention_triton(q, k, v, prefix_len, tree_mask_bits, scale)
+    return ta.tree_attention_reference(q, k, v, prefix_len, tree_mask_bits, scale)
+
+
+def pack_ancestor_bits(anc: torch.Tensor) -> torch.Tensor:
+    """(N, N) bool ancestor-or-self mask → (N, ceil(N/32)) int32 bit rows (tensor ops, any device)."""
+    from .kernels.tree_attention import pack_ancestor_bits as pack
+
+    return pack(anc)
+
+
+def greedy_accept(tokens: torch.Tensor, parents: torch.Tensor, target_argmax: torch.Tensor,
+                  max_depth: int | None = None):
+    """Greedy accept walk → (path_idx, path_len, bonus) device tensors. See kernels/accept_walk.py."""
+    from .kernels import accept_walk as aw
+
+    fn = aw.greedy_accept_triton if use_triton(tokens) else aw.greedy_accept_reference
+    return fn(tokens, parents, target_argmax, max_depth)
+
+
+def sampled_accept(tokens: torch.Tensor, parents: torch.Tensor, samples: torch.Tensor,
+                   max_depth: int | None = None):
+    """Sample-then-walk with one pre-drawn target sample per node → (path_idx, path_len, bonus)."""
+    from .kernels import accept_walk as aw
+
+    fn = aw.sampled_accept_triton if use_triton(tokens) else aw.sampled_accept_reference
+    return fn(tokens, parents, samples, max_depth)
+
+
+def kv_compact(k_cache: torch.Tensor, v_cache: torch.Tensor, src_rows: torch.Tensor, dst_start,
+               n=None) -> None:
+    """Move rows src_rows[:n] to dst_start.. in every layer and head of (L, Hkv, S, D) caches."""
+    from .kernels import kv_compact as kc
+
+    fn = kc.kv_compact_triton if use_triton(k_cache) else kc.kv_compact_reference
+    fn(k_cache, v_cache, src_rows, dst_start, n)
+
+
+# ---------------------------------------------------------------- hooks for our target forward
+
+class _TreeMaskCache:
+    """The attention mask of one forward is the same object for every layer: split it into
+    (prefix length, bit-packed tree rows) once. One host sync per forward checks that it has
+    that shape (prefix all visible, tree part lower-triangular); otherwise None (use SDPA)."""
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+        self.split: tuple[int, torch.Tensor] | None = None
+
+    def get(self, mask: torch.Tensor) -> tuple[int, torch.Tensor] | None:
+        if mask is not self.mask:
+            from .kernels.tree_attention import pack_ancestor_bits as pack
+
+            n, s = mask.shape
+            p = s - n
+            tree = mask[:, p:]
+            ok = bool(mask[:, :p].all() & ~tree.triu(1).any()) if mask.dtype == torch.bool else False
+            self.mask, self.split = mask, ((p, pack(tree)) if ok else None)
+        return self.split
+
+
+class TritonAttend:
+    """`TargetModel.attend` with the Triton tree-attention kernel; same signature as
+    `model.sdpa_attend`: q (Hq, N, D), k/v (Hkv, S, D), mask (N, S) bool → (Hq, N, D)."""
+
+    def __init__(self) -> None:
+        self._masks = _TreeMaskCache()
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if not supports_tree_attention(q):
+            return sdpa_attend(q, k, v, mask)
+        split = self._masks.get(mask)
+        if split is None:
+            return sdpa_attend(q, k, v, mask)
+        from .kernels.tree_attention import tree_attention_triton
+
+        return tree_attention_triton(q, k, v, split[0], split[1])
+
+
+def configure(model) -> str:
+    """Install the attention hook that the backend picks for this model's device; returns
+    'triton' or 'reference'. On CPU (auto) this is `sdpa_attend`, as before."""
+    if use_triton(torch.empty(0, device=model.device)):
+        model.attend = TritonAttend()
+        return "triton"
+    model.attend = sdpa_attend
+    return "reference"
+
+
+def compact(cache: KVCache, rows: torch.Tensor) -> None:
+    """`cache.compact(rows)` through the one-launch kernel when the backend picks Triton. rows
+    must be ascending with rows[i] >= i (an accepted path: root first, parents before children)."""
+    if not use_triton(cache.k):
+        cache.compact(rows)
+        return
+    n = int(rows.numel())
+    if n:
+        src = rows.to(device=cache.k.device, dtype=torch.int64) + cache.length
+        kv_compact(cache.k, cache.v, src, cache.length, n)
+    cache.length += n

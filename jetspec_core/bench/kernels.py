@@ -1,0 +1,253 @@
+"""`python -m jetspec_core bench kernels`: time the Triton verification kernels on a CUDA GPU.
+
+- tree attention (bf16) against its PyTorch reference, against PyTorch SDPA with a dense
+  (N, prefix + N) bool mask (K/V expanded to all query heads beforehand, not timed) and against
+  `model.sdpa_attend` (the same plus the per-call K/V expansion, what our forward does without
+  the kernel), for N in {16, 64, 256}, prefix in {512, 4096}, SmolLM2-135M and Qwen3-8B head
+  shapes; `--sweep` adds other tile configurations at N = 256, prefix 4096;
+- the greedy and sampled accept walks against their tensor-op references, and the host syncs
+  a round pays for them (the walk itself none, reading its result one);
+- KV compaction of a 16-row path in all layers at once against the gather/scatter reference.
+
+Times are medians of `triton.testing.do_bench` (CUDA events), in microseconds. Also runs as
+`python -m jetspec_core.bench.kernels`. `--warmup-only` compiles every variant and exits.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import JetSpecError
+
+HEAD_SHAPES = {"SmolLM2-135M": (9, 3, 64), "Qwen3-8B": (32, 8, 128)}   # (Hq, Hkv, head_dim)
+NODES = (16, 64, 256)
+PREFIXES = (512, 4096)
+WALK_NODES = (16, 64, 256, 1024)
+CACHE_SHAPES = {"SmolLM2-135M": (30, 3, 64), "Qwen3-8B": (36, 8, 128)}  # (layers, Hkv, head_dim)
+SWEEP = [
+    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2},
+    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3},
+    {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2},
+    {"block_m": 64, "block_n": 128, "num_warps": 8, "num_stages": 2},
+    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 2},
+    {"block_m": 64, "block_n": 32, "num_warps": 4, "num_stages": 3},
+]
+SPLIT_FACTORS = (0.5, 2.0)  # the sweep also scales the default split-K count
+
+
+def _random_tree(n: int, gen: torch.Generator) -> list[int]:
+    return [-1] + [int(torch.randint(max(0, i - 8), i, (1,), generator=gen)) for i in range(1, n)]
+
+
+def _ancestors(par: list[int], device) -> torch.Tensor:
+    anc = torch.eye(len(par), dtype=torch.bool)
+    for i in range(1, len(par)):
+        anc[i] |= anc[par[i]]
+    return anc.to(device)
+
+
+class Timer:
+    def __init__(self, rep_ms: int, warmup_only: bool):
+        self.rep, self.warmup_only = rep_ms, warmup_only
+
+    def __call__(self, fn) -> float | None:
+        """Median microseconds of fn (None with --warmup-only, after one call)."""
+        import triton.testing
+
+        if self.warmup_only:
+            fn()
+            return None
+        ms = triton.testing.do_bench(fn, warmup=max(5, self.rep // 4), rep=self.rep, quantiles=[0.5])
+        return 1000.0 * float(ms[0] if isinstance(ms, (list, tuple)) else ms)
+
+
+def bench_attention(dev, timer: Timer, sweep: bool) -> list[dict]:
+    from ..kernels import tree_attention as ta
+    from ..model import sdpa_attend
+
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for shape, (hq, hkv, d) in HEAD_SHAPES.items():
+        for n in NODES:
+            for p in PREFIXES:
+                q = torch.randn(hq, n, d, generator=gen).to(dev, torch.bfloat16)
+                k = torch.randn(hkv, p + n, d, generator=gen).to(dev, torch.bfloat16)
+                v = torch.randn(hkv, p + n, d, generator=gen).to(dev, torch.bfloat16)
+                anc = _ancestors(_random_tree(n, gen), dev)
+                bits = ta.pack_ancestor_bits(anc)
+                mask = torch.cat([torch.ones(n, p, dtype=torch.bool, device=dev), anc], dim=1)
+                kr, vr = k.repeat_interleave(hq // hkv, 0), v.repeat_interleave(hq // hkv, 0)
+                cfg = ta.default_config(n, hq // hkv, hkv, d, p, q.dtype, q.device)
+                row = {"shape": shape, "N": n, "prefix": p, "config": cfg,
+                       "triton_us": timer(lambda: ta.tree_attention_triton(q, k, v, p, bits))}
+                if timer.warmup_only:
+                    rows.append(row)
+                    continue
+                row["sdpa_dense_us"] = timer(lambda: F.scaled_dot_product_attention(
+                    q[None], kr[None], vr[None], attn_mask=mask[None, None]))
+                row["sdpa_attend_us"] = timer(lambda: sdpa_attend(q, k, v, mask))
+                row["reference_us"] = timer(lambda: ta.tree_attention_reference(q, k, v, p, bits))
+                out = ta.tree_attention_triton(q, k, v, p, bits).float()
+                row["max_err_vs_reference"] = float((out - ta.tree_attention_reference(q, k, v, p, bits).float())
+                                                    .abs().max())
+                row["max_err_vs_sdpa_fp32"] = float((out - F.scaled_dot_product_attention(
+                    q.float()[None], kr.float()[None], vr.float()[None], attn_mask=mask[None, None])[0]).abs().max())
+                rows.append(row)
+                if sweep and n == max(NODES) and p == max(PREFIXES):
+                    trials = [dict(c) for c in SWEEP]
+                    trials += [{"splits": max(1, round(cfg["splits"] * f))} for f in SPLIT_FACTORS]
+                    for c in trials:
+                        t = timer(lambda: ta.tree_attention_triton(q, k, v, p, bits, config=c))
+                        if t is not None:
+                            rows.append({"shape": shape, "N": n, "prefix": p, "sweep": c, "triton_us": t})
+    return rows
+
+
+def bench_walks(dev, timer: Timer) -> list[dict]:
+    from ..kernels import accept_walk as aw
+
+    rows = []
+    gen = torch.Generator().manual_seed(1)
+    for n in WALK_NODES:
+        par = torch.tensor(_random_tree(n, gen))
+        tokens = torch.randint(0, 4, (n,), generator=gen)
+        choice = torch.randint(0, 4, (n,), generator=gen)
+        t, pr, c = tokens.to(dev), par.to(dev), choice.to(dev)
+        row = {"N": n}
+        for rule, tri, ref in (("greedy", aw.greedy_accept_triton, aw.greedy_accept_reference),
+                               ("sampled", aw.sampled_accept_triton, aw.sampled_accept_reference)):
+            row[f"{rule}_triton_us"] = timer(lambda: tri(t, pr, c, 15))
+            if not timer.warmup_only:
+                row[f"{rule}_reference_us"] = timer(lambda: ref(t, pr, c, 15))
+                assert aw.walk_to_host(*tri(t, pr, c, 15)) == aw.walk_to_host(*ref(t, pr, c, 15))
+        if not timer.warmup_only:
+            row.update(_count_syncs(lambda: aw.greedy_accept_triton(t, pr, c, 15)))
+        rows.append(row)
+    return rows
+
+
+def _count_syncs(walk) -> dict:
+    """The walk must not sync; reading its three results costs exactly one device→host copy.
+    Measured with torch's sync debug mode (it warns on every synchronising call)."""
+    import warnings
+
+    from ..kernels.accept_walk import walk_to_host
+
+    torch.cuda.synchronize()
+    res = {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            out = walk()
+            res["walk_syncs"] = len(caught)
+            walk_to_host(*out)
+            res["walk_to_host_syncs"] = len(caught) - res["walk_syncs"]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    t0 = time.perf_counter()
+    for _ in range(200):
+        walk_to_host(*walk())
+    res["walk_and_read_wall_us"] = (time.perf_counter() - t0) / 200 * 1e6
+    return res
+
+
+def bench_compaction(dev, timer: Timer) -> list[dict]:
+    from ..kernels import kv_compact as kc
+
+    rows = []
+    gen = torch.Generator().manual_seed(2)
+    prefix, tree, path = 4096, 256, 16
+    for shape, (layers, hkv, d) in CACHE_SHAPES.items():
+        size = (layers, hkv, prefix + tree, d)
+        k = torch.randn(size, generator=gen).to(dev, torch.bfloat16)
+        v = torch.randn(size, generator=gen).to(dev, torch.bfloat16)
+        picks = torch.sort(torch.randperm(tree - 1, generator=gen)[: path - 1] + 1).values
+        src = (torch.cat([torch.zeros(1, dtype=torch.long), picks]) + prefix).to(dev)
+        row = {"shape": shape, "cache": list(size), "rows": path,
+               "triton_us": timer(lambda: kc.kv_compact_triton(k, v, src, prefix))}
+        if not timer.warmup_only:
+            row["reference_us"] = timer(lambda: kc.kv_compact_reference(k, v, src, prefix))
+        rows.append(row)
+    return rows
+
+
+def _fmt(x, digits=1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def report(res: dict) -> str:
+    lines = [f"# Kernel micro-benchmark ({res['device']}, torch {res['torch']}, triton {res['triton']})", "",
+             "Tree attention, bf16, median µs (do_bench):", "",
+             "| head shape | N | prefix | Triton | SDPA dense mask | sdpa_attend | reference | SDPA / Triton | max err |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in res["attention"]:
+        if "sweep" in r:
+            continue
+        lines.append(f"| {r['shape']} | {r['N']} | {r['prefix']} | {_fmt(r['triton_us'])} | "
+                     f"{_fmt(r.get('sdpa_dense_us'))} | {_fmt(r.get('sdpa_attend_us'))} | "
+                     f"{_fmt(r.get('reference_us'))} | {_fmt(r['sdpa_dense_us'] / r['triton_us'], 2) if r.get('sdpa_dense_us') else '-'} | "
+                     f"{_fmt(r.get('max_err_vs_reference'), 4)} |")
+    sweep = [r for r in res["attention"] if "sweep" in r]
+    if sweep:
+        lines += ["", "Sweep at N = 256, prefix 4096 (default config in the main table):", "",
+                  "| head shape | config | Triton µs |", "|---|---|---:|"]
+        lines += [f"| {r['shape']} | {r['sweep']} | {_fmt(r['triton_us'])} |" for r in sweep]
+    lines += ["", "Accept walks, median µs (max_depth 15):", "",
+              "| N | greedy Triton | greedy reference | sampled Triton | sampled reference | syncs: walk / read | walk + read wall µs |",
+              "|---:|---:|---:|---:|---:|---|---:|"]
+    for r in res["walks"]:
+        lines.append(f"| {r['N']} | {_fmt(r['greedy_triton_us'])} | {_fmt(r.get('greedy_reference_us'))} | "
+                     f"{_fmt(r['sampled_triton_us'])} | {_fmt(r.get('sampled_reference_us'))} | "
+                     f"{r.get('walk_syncs', '-')} / {r.get('walk_to_host_syncs', '-')} | {_fmt(r.get('walk_and_read_wall_us'))} |")
+    lines += ["", "KV compaction of a 16-row path, all layers, bf16, median µs:", "",
+              "| cache (L, Hkv, S, D) | Triton (1 launch) | reference (gather + scatter) |", "|---|---:|---:|"]
+    for r in res["compaction"]:
+        lines.append(f"| {r['shape']} {tuple(r['cache'])} | {_fmt(r['triton_us'])} | {_fmt(r.get('reference_us'))} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m jetspec_core bench kernels", description=__doc__.split("\n")[0])
+    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--rep", type=int, default=50, help="milliseconds of timed repetitions per measurement")
+    ap.add_argument("--sweep", action="store_true", help="also try other tile configs at N 256, prefix 4096")
+    ap.add_argument("--warmup-only", action="store_true", help="compile every variant once, time nothing")
+    ap.add_argument("--only", choices=["attention", "walks", "compaction"], default=None)
+    a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise JetSpecError("bench kernels needs a CUDA GPU (the kernels' CPU path is the PyTorch reference)")
+    import triton
+
+    dev = torch.device("cuda")
+    timer = Timer(a.rep, a.warmup_only)
+    res = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
+           "python": platform.python_version(), "rep_ms": a.rep, "attention": [], "walks": [], "compaction": []}
+    if a.only in (None, "attention"):
+        res["attention"] = bench_attention(dev, timer, a.sweep)
+    if a.only in (None, "walks"):
+        res["walks"] = bench_walks(dev, timer)
+    if a.only in (None, "compaction"):
+        res["compaction"] = bench_compaction(dev, timer)
+    if a.warmup_only:
+        print("compiled all kernel variants")
+        return 0
+    print(report(res))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except JetSpecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
