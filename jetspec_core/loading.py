@@ -59,8 +59,23 @@ class Loaded:
     head_desc: str
 
 
+ENGINES = ("auto", "fast", "reference")
+
+
+def make_decoder(target: Target, drafter, engine: str = "auto") -> Decoder:
+    """'auto': the graphed engine (`jetspec_core.engine.FastDecoder`) on CUDA, the reference
+    `Decoder` on CPU; 'fast' / 'reference' force one. Both have the same `stream` interface."""
+    if engine not in ENGINES:
+        raise JetSpecError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
+    if engine == "fast" or (engine == "auto" and target.device.type == "cuda"):
+        from .engine import FastDecoder
+
+        return FastDecoder(target, drafter)
+    return Decoder(target, drafter)
+
+
 def load_decoder(target: str | None = None, head: str | None = None, device: str | None = None,
-                 dtype: str | None = None, trust_remote_code: bool = False) -> Loaded:
+                 dtype: str | None = None, trust_remote_code: bool = False, engine: str = "auto") -> Loaded:
     t = load_target(target, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
     h, desc = load_head(head, t)
-    return Loaded(t, Decoder(t, HeadDrafter(h, t.model) if h is not None else None), desc)
+    return Loaded(t, make_decoder(t, HeadDrafter(h, t.model) if h is not None else None, engine), desc)

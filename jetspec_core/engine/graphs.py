@@ -9,6 +9,7 @@ shape first, since warm-up really executes (it writes the caches).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import torch
@@ -21,6 +22,7 @@ class Step:
                  warmup: int = 2):
         self.fn, self.name = fn, name
         self.graph: torch.cuda.CUDAGraph | None = None
+        self.error: str | None = None
         if not graph:
             return
         dev_stream = torch.cuda.current_stream()
@@ -36,9 +38,18 @@ class Step:
             reset()
         torch.cuda.synchronize()
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
-        torch.cuda.synchronize()
+        try:
+            with torch.cuda.graph(g):
+                fn()
+            torch.cuda.synchronize()
+        except RuntimeError as e:  # an op that cannot be captured: run this step eagerly
+            self.error = f"{type(e).__name__}: {str(e)[:300]}"
+            warnings.warn(f"CUDA graph capture of step {name} failed, running it eagerly: {self.error}")
+            if reset:
+                reset()
+            fn()  # leave valid outputs in the state
+            torch.cuda.synchronize()
+            return
         self.graph = g
 
     def __call__(self) -> None:

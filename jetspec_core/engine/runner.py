@@ -114,6 +114,7 @@ class FastDecoder(Decoder):
         self.fused = Fused(dev, target.model.dtype, force="torch" if fused == "torch" else None)
         self.kernel, self.attention_note = pick_tree_attention(dev, force="sdpa" if attention == "sdpa" else None)
         self.min_capacity = capacity
+        self.capture_error: str | None = None
         self.state: _State | None = None
         self.syncs = 0           # host waits on the device during rounds (one per round)
         self.rounds = 0
@@ -121,7 +122,8 @@ class FastDecoder(Decoder):
 
     # -- facts ------------------------------------------------------------------------------
     def describe(self) -> dict:
-        return {"engine": "fast", "graphs": self.graphs, "attention": self.attention_note,
+        return {"engine": "fast", "graphs": self.graphs, "capture_error": self.capture_error,
+                "attention": self.attention_note,
                 "fused": self.fused.kind + (f" ({self.fused.note})" if self.fused.note else ""),
                 "capacity": self.state.capacity if self.state else self.min_capacity}
 
@@ -149,22 +151,32 @@ class FastDecoder(Decoder):
     def _step(self, key: tuple, fn) -> Step:
         s = self.state
         if key not in s.steps:
-            s.steps[key] = Step(fn, "/".join(map(str, key)), self.graphs, reset=self._reset)
+            step = Step(fn, "/".join(map(str, key)), self.graphs, reset=self._reset)
+            s.steps[key] = step
+            if step.error:  # steps hand tensors to each other: all graphed or none
+                self.graphs = False
+                self.capture_error = f"{step.name}: {step.error}"
+                for k, st in s.steps.items():
+                    s.steps[k] = Step(st.fn, st.name, False)
         return s.steps[key]
 
-    def _prepare(self, cfg: DecodeConfig, speculative: bool, n: int) -> list[Step]:
+    def _prepare(self, cfg: DecodeConfig, speculative: bool, n: int) -> list[Step | None]:
         """The steps of one round for this config, captured now (before the prefill) if new."""
         if not speculative:
             self.state.tree_buffers(1)
-            return [self._step(("plain",), self._plain_step)]
-        depth = min(cfg.depth, self.max_depth)
-        self.state.tree_buffers(n)
-        draft = None if self.head is None else self._step(("draft",), self._draft)
-        tree = self._step(("tree", n, cfg.builder, cfg.width, depth, cfg.budget),
-                          lambda: self._tree(n, cfg.builder, cfg.width, depth, cfg.budget))
-        verify = self._step(("verify", n), lambda: self._verify(n))
-        accept = self._step(("accept", n), lambda: self._accept(n, True))
-        return [draft, tree, verify, accept]
+            plan = [(("plain",), self._plain_step)]
+        else:
+            depth = min(cfg.depth, self.max_depth)
+            self.state.tree_buffers(n)
+            plan = [(("draft",), self._draft) if self.head is not None else None,
+                    (("tree", n, cfg.builder, cfg.width, depth, cfg.budget),
+                     lambda: self._tree(n, cfg.builder, cfg.width, depth, cfg.budget)),
+                    (("verify", n), lambda: self._verify(n)),
+                    (("accept", n), lambda: self._accept(n, True))]
+        for item in plan:  # in phase order: a step's capture reads the outputs of the one before
+            if item is not None:
+                self._step(*item)
+        return [None if item is None else self.state.steps[item[0]] for item in plan]
 
     # -- the phases (static shapes; device tensors in, device tensors out) ---------------------
     def _draft(self) -> None:

@@ -79,29 +79,31 @@ def visible(prefix: torch.Tensor, anc: torch.Tensor, ar: torch.Tensor) -> torch.
 
 
 def pick_tree_attention(device: torch.device, force: str | None = None):
-    """The Triton tree-attention kernel when it is importable on CUDA and agrees with SDPA on a
-    probe; None (dense-mask SDPA) otherwise. Returns (fn or None, note)."""
+    """The Triton tree-attention kernel when the backend picks Triton for this device (see
+    `jetspec_core.backend`) and the kernel agrees with SDPA on a probe; else None, which means
+    dense-mask SDPA. Returns (kernel or None, a note for logs)."""
     if force == "sdpa" or device.type != "cuda":
         return None, "sdpa"
     try:
+        from .. import backend
         from ..kernels import tree_attention as ta
-        fn = getattr(ta, "tree_attention", None) or ta.tree_attention_triton
-        pack = ta.pack_ancestor_bits
+
+        if not backend.use_triton(torch.empty(0, device=device)):
+            return None, "sdpa (backend setting: reference)"
+        fn, pack = ta.tree_attention_triton, ta.pack_ancestor_bits
         g = torch.Generator(device=device).manual_seed(0)
         for hq, hkv, n, d in ((9, 3, 5, 64), (8, 2, 33, 128)):
             s = 200
-            q = torch.randn(hq, n, d, device=device, generator=g).to(torch.bfloat16)
+            q = torch.randn(n, hq, d, device=device, generator=g).to(torch.bfloat16).transpose(0, 1)
             k = torch.randn(hkv, s, d, device=device, generator=g).to(torch.bfloat16)
             v = torch.randn(hkv, s, d, device=device, generator=g).to(torch.bfloat16)
-            par = torch.arange(n, device=device) - 1 - (torch.arange(n, device=device) % 3 == 2).long()
-            par = par.clamp(min=0)
+            par = (torch.arange(n, device=device) - 1 - (torch.arange(n, device=device) % 3 == 2).long()).clamp(min=0)
             anc = torch.eye(n, dtype=torch.bool, device=device)
             for _ in range(n):
                 anc = anc | anc[par]
-            plen = torch.tensor([100], device=device, dtype=torch.int32)
+            plen = torch.full((1,), 100, device=device, dtype=torch.int32)
             got = fn(q, k, v, plen, pack(anc))
-            ar = torch.arange(s, device=device)
-            mask = visible(torch.tensor(100, device=device), anc, ar)
+            mask = visible(plen[0].long(), anc, torch.arange(s, device=device))
             rep = hq // hkv
             ref = F.scaled_dot_product_attention(q.float(), k.float().repeat_interleave(rep, 0),
                                                  v.float().repeat_interleave(rep, 0), attn_mask=mask)
@@ -132,7 +134,7 @@ class Attention:
         n, hq, d = q.shape
         hkv = k.shape[0]
         if prep[0] == "kernel":
-            o = self.kernel[0](q.transpose(0, 1).contiguous(), k, v, prep[1], prep[2])   # (Hq, N, D)
+            o = self.kernel[0](q.transpose(0, 1), k, v, prep[1], prep[2])   # (Hq, N, D)
             return o.transpose(0, 1).reshape(n, hq * d)
         # grouped-query attention without copying K/V: the rep query heads of one KV head are
         # stacked along the row axis, (Hkv, rep·N, D); head h uses KV head h // rep.
