@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -27,6 +28,8 @@ from jetspec_core.decoder import Decoder, RoundRecord, summarize
 from jetspec_core.drafter import HeadDrafter
 from jetspec_core.errors import JetSpecError
 from jetspec_core.loading import Loaded
+
+log = logging.getLogger("jetspec.app")
 
 MODES = ("jetspec", "plain", "side_by_side")
 MODE_LABELS = {"jetspec": "JetSpec", "plain": "plain", "side_by_side": "side by side"}
@@ -215,7 +218,11 @@ class Studio:
                 yield rec
                 if rec.finished is None and time.perf_counter() - start > self.limits.timeout_s:
                     run.stopped = "timeout"
+                    log.warning("%s run stopped at the time limit after %d rounds", run.mode, len(run.records))
                     return
+        except GeneratorExit:  # Stop pressed or the client went away: this request's state is dropped
+            log.info("%s run closed after %d rounds (stopped or disconnected)", run.mode, len(run.records))
+            raise
         except (*_OOM, MemoryError) as e:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()

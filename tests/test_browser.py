@@ -24,25 +24,30 @@ pytestmark = pytest.mark.browser
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
+def server(tmp_path_factory):
     if not os.path.exists(CHROMIUM):
         pytest.skip(f"{CHROMIUM} is missing (apt-get install -y chromium)")
-    with running_app(log_path=tmp_path_factory.mktemp("app") / "app.log") as u:  # default head resolution
-        yield u
+    log = tmp_path_factory.mktemp("app") / "app.log"
+    with running_app(log_path=log) as u:  # default head resolution: shipped head, else random
+        yield u, log
 
 
 @pytest.fixture(scope="module")
-def page(url, tmp_path_factory):
+def browser(server):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        pg = browser.new_page(viewport={"width": 1400, "height": 2200}, accept_downloads=True)
-        pg.set_default_timeout(WAIT_MS)
-        pg.goto(url)
-        pg.wait_for_selector("#prompt textarea")
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+def open_page(browser, url):
+    pg = browser.new_page(viewport={"width": 1400, "height": 2200}, accept_downloads=True)
+    pg.set_default_timeout(WAIT_MS)
+    pg.goto(url)
+    pg.wait_for_selector("#prompt textarea")
+    return pg
 
 
 def set_number(page, elem_id: str, value) -> None:
@@ -85,10 +90,18 @@ def output_text(page, elem_id="output") -> str:
                          ".map(s => s.textContent).join('')")
 
 
-def test_studio_in_the_browser(page, tmp_path):
+def closed_runs(log) -> int:
+    """Server log lines of runs whose generator was closed early (Stop or a dropped client)."""
+    return Path(log).read_text().count("closed after")
+
+
+def test_studio_in_the_browser(server, browser, tmp_path):
+    url, log = server
+    page = open_page(browser, url)
     shot = tmp_path / "studio.png"
     try:
-        _flow(page, tmp_path)
+        _flow(page, log)
+        _disconnect(browser, url, log)
     finally:
         page.screenshot(path=str(shot), full_page=True)
         if os.environ.get("JETSPEC_SCREENSHOT"):  # refresh docs/screenshot.png on demand
@@ -96,7 +109,7 @@ def test_studio_in_the_browser(page, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
-def _flow(page, tmp_path):
+def _flow(page, log):
     from jetspec_core.loading import DEFAULT_HEAD
 
     shipped = (DEFAULT_HEAD / "model.safetensors").is_file()
@@ -157,6 +170,7 @@ def _flow(page, tmp_path):
     page.wait_for_timeout(1500)
     stopped = page.locator("#output .tok").count()
     assert 2 <= stopped < 64 and page.get_attribute("#stats .js-live", "data-state") == "running"
+    wait_for(lambda: closed_runs(log) == 1, "the stopped run's state was not dropped")
     set_number(page, "max-new-tokens", 8)
     generate(page)
     assert output_text(page) == first
@@ -173,3 +187,24 @@ def _flow(page, tmp_path):
     page.click("#sweep")
     sweep = wait_plot(page, "sweep-plot", "d.data.length >= 2 && d.data[0].x && d.data[0].x.length === 6")
     assert sweep["traces"][0]["name"] == "τ" and sweep["traces"][1]["name"] == "tokens/s"
+
+
+def _disconnect(browser, url, log):
+    """A tab closed mid-stream: the server drops that request's run."""
+    before = closed_runs(log)
+    tab = open_page(browser, url)
+    tab.fill("#prompt textarea", PROMPT)
+    set_number(tab, "max-new-tokens", 64)
+    tab.click("#generate")
+    tab.wait_for_function("() => document.querySelectorAll('#output .tok').length >= 2")
+    tab.close()
+    wait_for(lambda: closed_runs(log) == before + 1, "the closed tab's run was not dropped")
+
+
+def wait_for(cond, message: str, timeout: float = 60.0) -> None:
+    import time
+
+    end = time.time() + timeout
+    while not cond():
+        assert time.time() < end, message
+        time.sleep(0.5)
