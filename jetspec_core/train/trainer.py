@@ -1,0 +1,377 @@
+"""Fit draft heads to a frozen target by self-distillation (DESIGN §1, training).
+
+One step: a batch of sequences (prompt + the target's own response) goes through the teacher
+once (tapped hidden states and the final hidden of every position). For each sequence `anchors`
+positions a are drawn at random in the response; each gives a block `[x_a, MASK × (B−1)]` at
+absolute positions a..a+B−1 that sees the context rows < a and, causally, its own earlier slots.
+All blocks of a sequence share one head forward (block rows packed side by side, the mask keeps
+them apart). Slot d is trained towards the target's next-token distribution at position a+d−1
+(teacher forcing on the target's own answer) with the temperature-scaled forward KL, uniform
+over depths, no loss on the anchor slot. Several heads (e.g. 1, 2 and 3 layers) may train at
+once on the same teacher outputs, which is how the number of draft layers is chosen.
+
+Every random choice of step s comes from a generator seeded with (seed, s), so a run resumed
+from its checkpoint continues exactly as an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import JetSpecError
+from ..head import DraftHead, HeadConfig
+from .data import DistillData
+from .teacher import teacher_forward
+
+
+@dataclass
+class TrainConfig:
+    """Settings of one training run (every default is declared here once)."""
+
+    layers: tuple[int, ...] = (2,)      # one head per entry: its number of draft layers
+    steps: int = 3000                   # length of the LR schedule (a time limit may shorten it)
+    time_limit_s: float | None = None   # wall clock for this session of training
+    reserve_s: float = 15.0             # kept free under the time limit for evaluation and saving
+    batch_size: int = 16                # sequences per step
+    anchors: int = 24                   # blocks per sequence
+    lr: float = 6e-4
+    warmup: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    kl_temperature: float = 1.0
+    holdout: float = 0.03               # fraction of sequences held out for evaluation
+    eval_anchors: int = 8               # anchors per held-out sequence
+    eval_every: int = 0                 # steps between evaluations (0: only at the end)
+    ckpt_every_s: float = 120.0
+    max_len: int = 1024                 # longer sequences are cut
+    num_taps: int = 5
+    block_size: int = 16
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        self.layers = tuple(int(x) for x in self.layers)
+        checks = [
+            (self.layers and all(1 <= x <= 16 for x in self.layers) and len(set(self.layers)) == len(self.layers),
+             f"layers must be distinct integers in 1..16, got {self.layers}"),
+            (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
+            (self.time_limit_s is None or self.time_limit_s > 0, "time limit must be positive"),
+            (self.batch_size >= 1 and self.anchors >= 1, "batch size and anchors must be >= 1"),
+            (self.lr > 0 and 0 <= self.min_lr_ratio <= 1, "lr must be > 0 and min_lr_ratio in [0, 1]"),
+            (self.kl_temperature > 0, "the KL temperature must be > 0"),
+            (0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}"),
+            (self.block_size >= 2 and self.max_len > self.block_size, "block_size >= 2 and max_len > block_size"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise JetSpecError(msg)
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Linear warm-up, then cosine decay to lr · min_lr_ratio at `total`."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        frac = min(1.0, (step - self.warmup) / max(1, total - self.warmup))
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+@dataclass
+class Batch:
+    ids: torch.Tensor          # (b, n) right-padded sequences
+    att: torch.Tensor          # (b, n) 1 on real tokens
+    block_ids: torch.Tensor    # (b, k·B) [anchor, MASK…] per block
+    block_pos: torch.Tensor    # (b, k·B) absolute positions a + i
+    mask: torch.Tensor         # (b, k·B, n + k·B) bool
+    label_pos: torch.Tensor    # (b, k, B−1) position whose target distribution is the label of depth d
+    valid: torch.Tensor        # (b, k, B−1) bool: the depth has a label (inside the sequence)
+
+
+def _perm_index(k: int, n: int, seed: int, cache: dict) -> int:
+    epoch = k // n
+    if epoch not in cache:
+        cache.clear()
+        cache[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+    return cache[epoch][k % n]
+
+
+def make_batch(seqs: list[list[int]], plens: list[int], anchors: int, block: int, mask_id: int,
+               gen: torch.Generator, max_len: int) -> Batch:
+    """Pack sequences and `anchors` random anchors each (see the module docstring)."""
+    b, k, B = len(seqs), anchors, block
+    seqs = [s[:max_len] for s in seqs]
+    n = max(len(s) for s in seqs)
+    ids = torch.zeros(b, n, dtype=torch.long)
+    att = torch.zeros(b, n, dtype=torch.long)
+    A = torch.zeros(b, k, dtype=torch.long)
+    ok = torch.zeros(b, k, dtype=torch.bool)
+    lens = torch.tensor([len(s) for s in seqs])
+    for i, (s, p) in enumerate(zip(seqs, plens)):
+        ids[i, :len(s)] = torch.tensor(s)
+        att[i, :len(s)] = 1
+        lo, hi = p - 1, len(s) - 2            # anchor a needs a label for depth 1: a + 1 <= len − 1
+        if hi < lo:
+            continue
+        r = hi - lo + 1
+        pick = torch.randperm(r, generator=gen)[:k] + lo
+        A[i, :len(pick)] = pick
+        ok[i, :len(pick)] = True
+    depth = torch.arange(1, B)                                           # (B−1,)
+    label_pos = A[..., None] + depth - 1                                 # (b, k, B−1)
+    valid = ok[..., None] & (A[..., None] + depth <= (lens - 1)[:, None, None])
+    label_pos = torch.where(valid, label_pos, torch.zeros_like(label_pos))
+    blk = torch.full((b, k, B), mask_id, dtype=torch.long)
+    blk[:, :, 0] = ids.gather(1, A)
+    block_pos = (A[..., None] + torch.arange(B)).reshape(b, k * B)
+    anchor_of_row = A.repeat_interleave(B, dim=1)                        # (b, k·B)
+    ctx_mask = torch.arange(n)[None, None, :] < anchor_of_row[..., None]  # (b, k·B, n)
+    rb = torch.arange(k * B)
+    in_block = (rb[:, None] // B == rb[None, :] // B) & (rb[None, :] <= rb[:, None])  # (k·B, k·B)
+    mask = torch.cat([ctx_mask, in_block.expand(b, -1, -1)], dim=2)
+    return Batch(ids, att, blk.reshape(b, k * B), block_pos, mask, label_pos, valid)
+
+
+class Trainer:
+    """Holds the teacher, the heads and their optimizers; `run` trains, `evaluate` measures."""
+
+    def __init__(self, hf, data: DistillData, cfg: TrainConfig, mask_token_id: int, out_dir: str | Path,
+                 progress: bool = True):
+        self.hf, self.data, self.cfg, self.progress = hf, data, cfg, progress
+        self.out = Path(out_dir)
+        self.device = next(hf.parameters()).device
+        self.embed = hf.get_input_embeddings().weight
+        self.lm_head = hf.get_output_embeddings().weight
+        from ..model import ModelShape
+
+        shape = ModelShape.from_hf_config(hf.config)
+        self.train_idx, self.hold_idx = data.split(cfg.holdout, cfg.seed)
+        if not self.train_idx:
+            raise JetSpecError("no training sequences left after the held-out split")
+        self.heads: dict[int, DraftHead] = {}
+        self.opts: dict[int, torch.optim.Optimizer] = {}
+        for L in cfg.layers:
+            hc = HeadConfig.for_target(shape, mask_token_id, num_layers=L, num_taps=cfg.num_taps,
+                                       block_size=cfg.block_size)
+            torch.manual_seed(cfg.seed * 1000 + L)
+            head = DraftHead(hc).to(self.device).train()
+            self.heads[L] = head
+            self.opts[L] = torch.optim.AdamW(head.parameters(), lr=cfg.lr, betas=(0.9, 0.95),
+                                             weight_decay=cfg.weight_decay,
+                                             **({"fused": True} if self.device.type == "cuda" else {}))
+        self.taps = list(next(iter(self.heads.values())).config.target_layer_ids)
+        self.mask_id = mask_token_id
+        self.step = 0
+        self.total_steps = cfg.steps
+        self.log: list[dict] = []
+        self.evals: list[dict] = []
+        self._perm_cache: dict = {}
+
+    # -- one step -------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast("cpu", enabled=False)
+
+    def _batch_for(self, indices: list[int], gen: torch.Generator, anchors: int) -> Batch:
+        d = self.data
+        return make_batch([d.seqs[i] for i in indices], [d.prompt_lens[i] for i in indices], anchors,
+                          self.cfg.block_size, self.mask_id, gen, self.cfg.max_len)
+
+    def batch_at(self, step: int) -> Batch:
+        c = self.cfg
+        n = len(self.train_idx)
+        idx = [self.train_idx[_perm_index(step * c.batch_size + j, n, c.seed, self._perm_cache)]
+               for j in range(c.batch_size)]
+        gen = torch.Generator().manual_seed(c.seed * 1_000_003 + step)
+        return self._batch_for(idx, gen, c.anchors)
+
+    def _teacher(self, bt: Batch):
+        dev = self.device
+        taps, fin = teacher_forward(self.hf, bt.ids.to(dev), bt.att.to(dev), self.taps)
+        valid = bt.valid.to(dev)
+        rows = fin.gather(1, bt.label_pos.to(dev).flatten(1)[..., None].expand(-1, -1, fin.shape[-1]))
+        rows = rows.view(*bt.label_pos.shape, -1)[valid]                           # (Nv, H)
+        t_logits = F.linear(rows, self.lm_head).float()                            # (Nv, V)
+        return taps, t_logits, valid
+
+    def _student(self, head: DraftHead, bt: Batch, taps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        dev = self.device
+        b, kB = bt.block_ids.shape
+        B = self.cfg.block_size
+        with self._autocast():
+            ctx = head.fuse(taps)                                                  # (b, n, H)
+            block = F.embedding(bt.block_ids.to(dev), self.embed)                  # (b, k·B, H)
+            ctx_pos = torch.arange(ctx.shape[1], device=dev).expand(b, -1)
+            out = head(block.to(ctx.dtype), bt.block_pos.to(dev), ctx, ctx_pos, bt.mask.to(dev))
+            out = out.view(b, kB // B, B, -1)[:, :, 1:][valid]                      # (Nv, H)
+            logits = F.linear(out, self.lm_head)
+        return logits.float()
+
+    def _kl(self, s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+        T = self.cfg.kl_temperature
+        logq = F.log_softmax(s_logits / T, dim=-1)
+        logp = F.log_softmax(t_logits / T, dim=-1)
+        return F.kl_div(logq, logp, log_target=True, reduction="sum") / max(1, s_logits.shape[0]) * T * T
+
+    def train_step(self) -> dict[int, float]:
+        bt = self.batch_at(self.step)
+        taps, t_logits, valid = self._teacher(bt)
+        losses = {}
+        for L, head in self.heads.items():
+            opt = self.opts[L]
+            for g in opt.param_groups:
+                g["lr"] = self.cfg.lr_at(self.step, self.total_steps)
+            loss = self._kl(self._student(head, bt, taps, valid), t_logits)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(head.parameters(), self.cfg.grad_clip)
+            opt.step()
+            losses[L] = float(loss.detach())
+        self.step += 1
+        return losses
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, max_sequences: int | None = None) -> dict:
+        """Held-out top-1 agreement per depth (head argmax == target argmax at a+d−1), KL, and the
+        chain acceptance estimate 1 + E[Σ_d Π_{d'≤d} agree] over anchors with all depths inside."""
+        c, B = self.cfg, self.cfg.block_size
+        idx = self.hold_idx[:max_sequences] if max_sequences else self.hold_idx
+        res = {}
+        for head in self.heads.values():
+            head.eval()
+        stats = {L: {"agree": torch.zeros(B - 1), "count": torch.zeros(B - 1), "kl": 0.0, "rows": 0,
+                     "chain": 0.0, "full": 0} for L in self.heads}
+        gen = torch.Generator().manual_seed(c.seed + 424242)
+        for j in range(0, len(idx), c.batch_size):
+            bt = self._batch_for(idx[j:j + c.batch_size], gen, c.eval_anchors)
+            taps, t_logits, valid = self._teacher(bt)
+            t_top = t_logits.argmax(-1)
+            full = valid.all(-1)                                                   # (b, k)
+            for L, head in self.heads.items():
+                s = self._student(head, bt, taps, valid)
+                st = stats[L]
+                st["kl"] += float(self._kl(s, t_logits)) * s.shape[0]
+                st["rows"] += s.shape[0]
+                agree = torch.zeros(valid.shape, dtype=torch.float32, device=valid.device)
+                agree[valid] = (s.argmax(-1) == t_top).float()
+                st["agree"] += agree.sum((0, 1)).cpu()
+                st["count"] += valid.sum((0, 1)).float().cpu()
+                st["chain"] += float(agree[full].cumprod(-1).sum())
+                st["full"] += int(full.sum())
+        for L, st in stats.items():
+            per_depth = (st["agree"] / st["count"].clamp(min=1)).tolist()
+            res[L] = {"top1_per_depth": [round(x, 4) for x in per_depth],
+                      "kl": st["kl"] / max(1, st["rows"]),
+                      "chain_tau_estimate": 1 + st["chain"] / max(1, st["full"]),
+                      "anchors": st["full"]}
+        for head in self.heads.values():
+            head.train()
+        return res
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self) -> Path:
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / "checkpoint.pt"
+        state = {"step": self.step, "total_steps": self.total_steps, "config": json.dumps(asdict(self.cfg)),
+                 "heads": {str(L): h.state_dict() for L, h in self.heads.items()},
+                 "opts": {str(L): o.state_dict() for L, o in self.opts.items()},
+                 "log": json.dumps(self.log), "evals": json.dumps(self.evals)}
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(path)
+        return path
+
+    def load_checkpoint(self) -> bool:
+        path = self.out / "checkpoint.pt"
+        if not path.is_file():
+            return False
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+            raise JetSpecError(f"checkpoint {path} is unreadable ({type(e).__name__}); delete it to start over") from e
+        saved = json.loads(state["config"])
+        if tuple(saved["layers"]) != self.cfg.layers or saved["block_size"] != self.cfg.block_size \
+                or saved["num_taps"] != self.cfg.num_taps:
+            raise JetSpecError(f"checkpoint {path} is for layers {saved['layers']}, block {saved['block_size']}, "
+                               f"{saved['num_taps']} taps; pass the same settings or another --out")
+        for L, h in self.heads.items():
+            h.load_state_dict(state["heads"][str(L)])
+            self.opts[L].load_state_dict(state["opts"][str(L)])
+        self.step, self.total_steps = int(state["step"]), int(state["total_steps"])
+        self.log, self.evals = json.loads(state["log"]), json.loads(state["evals"])
+        return True
+
+    def export(self) -> dict[int, Path]:
+        """Write each head as a published-format folder out/L{n}/."""
+        paths = {}
+        for L, h in self.heads.items():
+            p = self.out / f"L{L}"
+            h.save(p)
+            paths[L] = p
+        return paths
+
+    # -- the loop -------------------------------------------------------------------------------
+    def _replan(self, t0: float, steps_done_here: int) -> None:
+        c = self.cfg
+        if c.time_limit_s is None or steps_done_here < 10:
+            return
+        per_step = (time.perf_counter() - t0) / steps_done_here
+        left = c.time_limit_s - c.reserve_s - (time.perf_counter() - t0)
+        self.total_steps = max(self.step + 1, min(c.steps, self.step + int(left / per_step)))
+
+    def run(self) -> dict:
+        """Train until total_steps (or the time limit), checkpointing; returns the final report."""
+        from tqdm.auto import tqdm
+
+        c = self.cfg
+        t0 = last_ckpt = time.perf_counter()
+        done_here = 0
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
+        while self.step < self.total_steps:
+            elapsed = time.perf_counter() - t0
+            if c.time_limit_s is not None and elapsed > c.time_limit_s - c.reserve_s:
+                bar.write(f"[train] time limit: stopping at step {self.step} of {self.total_steps}")
+                break
+            losses = self.train_step()
+            done_here += 1
+            if self.step % c.log_every == 0 or self.step == 1:
+                self.log.append({"step": self.step, "t": round(elapsed, 1),
+                                 "lr": self.cfg.lr_at(self.step - 1, self.total_steps),
+                                 **{f"loss_L{L}": round(v, 4) for L, v in losses.items()}})
+            if done_here in (10, 25) or (done_here % 50 == 0 and self.step < 0.6 * self.total_steps):
+                self._replan(t0, done_here)
+                bar.total = self.total_steps
+            if c.eval_every and self.step % c.eval_every == 0 and self.hold_idx:
+                ev = self.evaluate(max_sequences=64)
+                self.evals.append({"step": self.step, **{f"L{L}": v for L, v in ev.items()}})
+            if time.perf_counter() - last_ckpt > c.ckpt_every_s:
+                self.save_checkpoint()
+                last_ckpt = time.perf_counter()
+            bar.update(1)
+            bar.set_postfix({f"L{L}": f"{v:.3f}" for L, v in losses.items()})
+        bar.close()
+        self.save_checkpoint()
+        final = self.evaluate() if self.hold_idx else {}
+        return {"step": self.step, "total_steps": self.total_steps, "train_seconds": round(time.perf_counter() - t0, 1),
+                "heldout": {f"L{L}": v for L, v in final.items()}, "log": self.log, "evals": self.evals,
+                "train_sequences": len(self.train_idx), "heldout_sequences": len(self.hold_idx)}
+
+
+def pick_best(report: dict) -> int | None:
+    """The layer count whose head has the highest held-out chain acceptance estimate."""
+    held = report.get("heldout") or {}
+    if not held:
+        return None
+    return int(max(held, key=lambda k: held[k]["chain_tau_estimate"])[1:])
+
+
+def write_report(report: dict, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(report, indent=1) + "\n")
+

@@ -1,0 +1,255 @@
+"""Draft-head training: prompt set, teacher, batches, loss falls, exact resume, data checks."""
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_hf
+from jetspec_core.errors import JetSpecError
+from jetspec_core.target import target_from_hf
+from jetspec_core.train import prompts as P
+from jetspec_core.train.data import DistillData, tokenizer_fingerprint
+from jetspec_core.train.distill import _cut, generate_responses
+from jetspec_core.train.teacher import teacher_forward, teacher_model
+from jetspec_core.train.trainer import Trainer, TrainConfig, make_batch, pick_best
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- prompt set ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def prompt_set():
+    return P.build_prompts(1500, seed=0)
+
+
+def test_prompts_diverse_and_free_of_evaluation_prompts(prompt_set):
+    kinds = {}
+    for p in prompt_set:
+        kinds[p.kind] = kinds.get(p.kind, 0) + 1
+    assert len(prompt_set) == 1500 and len({p.text for p in prompt_set}) == 1500
+    assert {"code_stub", "code_task", "code_explain", "math", "reasoning", "chat", "writing", "extraction"} <= set(kinds)
+    assert sum(kinds[k] for k in ("code_stub", "code_task", "code_explain")) > 300
+    entry, shingles = P.evaluation_guard()
+    assert len(entry) >= 150 and len(shingles) > 1000
+    assert not any(P.is_evaluation_like(p.text, entry, shingles) for p in prompt_set)
+
+
+def test_guard_catches_evaluation_prompts():
+    from jetspec_core.bench.datasets import load_dataset
+
+    entry, shingles = P.evaluation_guard()
+    he = load_dataset("humaneval")[5]
+    mt = load_dataset("mtbench")[7]
+    assert P.is_evaluation_like(he.text, entry, shingles)
+    assert P.is_evaluation_like("Please help: " + mt.text, entry, shingles)
+    assert not P.is_evaluation_like("Write a haiku about tea.", entry, shingles)
+
+
+def test_prompts_deterministic_and_round_trip(tmp_path):
+    a = P._templated(random.Random(3), 200) + P._own_stubs(random.Random(3))
+    b = P._templated(random.Random(3), 200) + P._own_stubs(random.Random(3))
+    assert a == b and P._templated(random.Random(4), 200) != a[:200]
+    digest = P.save_prompts(a, tmp_path / "p.jsonl")
+    back, digest2 = P.load_prompts(tmp_path / "p.jsonl")
+    assert back == a and digest == digest2
+    with pytest.raises(JetSpecError, match="does not exist"):
+        P.load_prompts(tmp_path / "missing.jsonl")
+
+
+# -- teacher, generation, batches ---------------------------------------------------------------
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_teacher_matches_our_forward(arch):
+    target = target_from_hf(tiny_hf(arch), name="tiny")
+    hf = teacher_model(target)
+    ids = torch.randint(0, 97, (2, 14), generator=torch.Generator().manual_seed(1))
+    taps, fin = teacher_forward(hf, ids, torch.ones_like(ids), [1, 3])
+    for row in range(2):
+        cache = target.model.new_cache(20)
+        logits, ours = target.model(ids[row], torch.arange(14), cache, torch.ones(14, 14, dtype=torch.bool).tril(),
+                                    taps=(1, 3))
+        torch.testing.assert_close(taps[row], ours, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(hf.lm_head(fin[row]), logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(JetSpecError, match="tap layers"):
+        teacher_forward(hf, ids, torch.ones_like(ids), [5])  # the last layer is not tappable from HF
+
+
+def test_generation_left_padding_is_batch_invariant():
+    hf = teacher_model(target_from_hf(tiny_hf("llama"), name="tiny"))
+    prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15], [20]]
+    batched = generate_responses(hf, prompts, 12, batch_size=3, pad_id=0, eos=frozenset(), progress=False)
+    alone = [generate_responses(hf, [p], 12, batch_size=1, pad_id=0, eos=frozenset(), progress=False)[0]
+             for p in prompts]
+    assert batched == alone and all(len(r) == 12 for r in batched)
+    assert _cut([4, 5, 2, 7, 2], frozenset({2})) == [4, 5, 2] and _cut([4, 5], frozenset({2})) == [4, 5]
+
+
+def test_make_batch_masks_positions_and_labels():
+    seqs = [list(range(10, 30)), list(range(40, 51))]  # lengths 20 and 11
+    plens = [6, 9]
+    B, k = 4, 3
+    bt = make_batch(seqs, plens, k, B, mask_id=99, gen=torch.Generator().manual_seed(0), max_len=64)
+    n = 20
+    assert bt.mask.shape == (2, k * B, n + k * B)
+    for i, (s, p) in enumerate(zip(seqs, plens)):
+        for j in range(k):
+            if not bt.valid[i, j].any():
+                continue
+            a = int(bt.block_pos[i, j * B])
+            assert p - 1 <= a <= len(s) - 2
+            assert bt.block_ids[i, j * B] == s[a] and (bt.block_ids[i, j * B + 1:(j + 1) * B] == 99).all()
+            assert bt.block_pos[i, j * B:(j + 1) * B].tolist() == list(range(a, a + B))
+            for slot in range(B):
+                row = bt.mask[i, j * B + slot]
+                assert row[:n].tolist() == [c < a for c in range(n)]          # context rows before the anchor
+                blk = row[n:].view(k, B)
+                assert blk[j].tolist() == [c <= slot for c in range(B)]        # causal inside its block
+                assert not blk[[x for x in range(k) if x != j]].any()          # blind to the other blocks
+            for d in range(1, B):
+                assert bool(bt.valid[i, j, d - 1]) == (a + d <= len(s) - 1)
+                if bt.valid[i, j, d - 1]:
+                    assert int(bt.label_pos[i, j, d - 1]) == a + d - 1
+    # the second sequence has only 2 anchor positions (8 and 9): its third block is unused
+    assert bt.valid[0].any(-1).all() and bt.valid[1].any(-1).tolist() == [True, True, False]
+    assert sorted(int(bt.block_pos[1, j * B]) for j in range(2)) == [8, 9]
+
+
+# -- training -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_setup():
+    torch.set_num_threads(1)  # tiny shapes: threads only add overhead on a shared 2-core box
+    hf = teacher_model(target_from_hf(tiny_hf("llama"), name="tiny"))
+    g = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, 96, (int(torch.randint(3, 10, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(24)]
+    resp = generate_responses(hf, prompts, 24, 24, 0, frozenset(), progress=False)
+    data = DistillData([p + r for p, r in zip(prompts, resp)], [len(p) for p in prompts], ["t"] * 24,
+                       tokenizer_fingerprint(None, 97))
+    return hf, data
+
+
+def _cfg(**kw):
+    base = dict(layers=(1,), steps=30, batch_size=6, anchors=4, lr=3e-3, warmup=3, holdout=0.2, log_every=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_training_loss_falls_and_agreement_is_reported(tiny_setup, tmp_path):
+    hf, data = tiny_setup
+    tr = Trainer(hf, data, _cfg(layers=(1, 2)), 96, tmp_path, progress=False)
+    before = tr.evaluate()
+    report = tr.run()
+    losses = [row["loss_L1"] for row in report["log"]]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.6 * sum(losses[:3]) / 3, losses
+    for L in (1, 2):
+        held = report["heldout"][f"L{L}"]
+        assert len(held["top1_per_depth"]) == 15 and held["kl"] < before[L]["kl"]
+    assert pick_best(report) in (1, 2)
+    paths = tr.export()
+    from jetspec_core.head import DraftHead
+
+    head = DraftHead.load(paths[2])
+    assert head.config.num_hidden_layers == 2 and head.config.target_layer_ids == [1, 2, 2, 2, 3]
+    assert head.config.mask_token_id == 96 and head.config.block_size == 16
+
+
+def test_resume_continues_exactly(tiny_setup, tmp_path):
+    hf, data = tiny_setup
+    straight = Trainer(hf, data, _cfg(steps=6), 96, tmp_path / "a", progress=False)
+    straight.run()
+    part = Trainer(hf, data, _cfg(steps=6), 96, tmp_path / "b", progress=False)
+    for _ in range(3):
+        part.train_step()
+    part.save_checkpoint()
+    resumed = Trainer(hf, data, _cfg(steps=6), 96, tmp_path / "b", progress=False)
+    assert resumed.load_checkpoint() and resumed.step == 3
+    resumed.run()
+    for (name, x), (_, y) in zip(straight.heads[1].state_dict().items(), resumed.heads[1].state_dict().items()):
+        torch.testing.assert_close(x, y, atol=0, rtol=0, msg=name)
+    other = Trainer(hf, data, _cfg(steps=6, layers=(2,)), 96, tmp_path / "b", progress=False)
+    with pytest.raises(JetSpecError, match="checkpoint .* is for layers"):
+        other.load_checkpoint()
+
+
+def test_config_validation():
+    for bad in (dict(layers=()), dict(layers=(1, 1)), dict(steps=0), dict(holdout=1.0), dict(lr=0.0)):
+        with pytest.raises(JetSpecError):
+            TrainConfig(**bad)
+
+
+# -- data file and bad input --------------------------------------------------------------------
+def test_data_round_trip_and_tokenizer_check(tmp_path):
+    d = DistillData([[1, 2, 3, 4], [5, 6, 7]], [2, 1], ["math", "chat"], "v97-abc", {"note": "x"})
+    d.save(tmp_path / "d.safetensors")
+    back = DistillData.load(tmp_path / "d.safetensors")
+    assert back.seqs == d.seqs and back.prompt_lens == d.prompt_lens and back.kinds == d.kinds
+    assert back.meta == {"note": "x"} and back.response_tokens == 4
+    back.check_tokenizer("v97-abc")
+    with pytest.raises(JetSpecError, match="different tokenizer"):
+        back.check_tokenizer("v97-other")
+    with pytest.raises(JetSpecError, match="does not fit"):
+        DistillData([[1, 2]], [2], ["x"], "f")
+
+
+def _cli(capsys, *args):
+    """Run the CLI in-process (no interpreter start-up); returns (exit code, stdout, stderr)."""
+    from jetspec_core.cli import main
+
+    try:
+        rc = main(list(args))
+    except SystemExit as e:  # argparse: --help and usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _one_line_error(res, message):
+    rc, _, err = res
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_cli_refuses_data_from_another_tokenizer(tmp_path, embedded, capsys):
+    real = tokenizer_fingerprint(embedded.tokenizer, embedded.shape.vocab_size)
+    assert real.startswith("v49152-") and real != tokenizer_fingerprint(None, 49152)
+    DistillData([[1, 2, 3]], [1], ["x"], "v32000-0123456789abcdef").save(tmp_path / "other.safetensors")
+    common = ["--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"]
+    _one_line_error(_cli(capsys, "train", "fit", "--data", str(tmp_path / "other.safetensors"), *common),
+                    "was made with a different tokenizer")
+    _one_line_error(_cli(capsys, "train", "fit", "--data", str(tmp_path / "none.safetensors"), *common),
+                    "does not exist")
+    _one_line_error(_cli(capsys, "train", "fit", "--data", str(tmp_path / "other.safetensors"), *common,
+                         "--layers", "0"), "layers must be")
+
+
+def test_cli_help_lists_subcommands(capsys):
+    rc, out, _ = _cli(capsys, "train", "--help")
+    assert rc == 0 and all(w in out for w in ("prompts", "data", "fit"))
+    rc, out, _ = _cli(capsys, "train", "fit", "--help")
+    assert rc == 0 and "--resume" in out and "--time-limit" in out
+
+
+def test_trained_head_drafts_for_the_decoder(tiny_setup, tmp_path):
+    """End to end: a head trained on the target's own answers makes the real decoder accept
+    several tokens per round on those prompts, and an untrained one does not (catches any
+    misalignment of positions, context rows or labels between training and decoding)."""
+    from jetspec_core.config import DecodeConfig
+    from jetspec_core.decoder import Decoder
+    from jetspec_core.drafter import HeadDrafter
+
+    hf, data = tiny_setup
+    target = target_from_hf(tiny_hf("llama"), name="tiny")
+    cfg = DecodeConfig(budget=16, max_new_tokens=20, stop_at_eos=False)
+
+    def mean_tau(head):
+        dec = Decoder(target, HeadDrafter(head.eval(), target.model))
+        return sum(dec.generate(data.seqs[i][:data.prompt_lens[i]], cfg)[0].tau for i in range(4)) / 4
+
+    tr = Trainer(hf, data, _cfg(steps=120, batch_size=8, anchors=8, holdout=0.0), 96, tmp_path, progress=False)
+    untrained = mean_tau(tr.heads[1])
+    tr.run()
+    trained = mean_tau(tr.heads[1])
+    assert trained >= 2.0 and trained > untrained + 0.6, (untrained, trained)
