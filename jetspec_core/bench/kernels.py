@@ -4,13 +4,16 @@
   (N, prefix + N) bool mask (K/V expanded to all query heads beforehand, not timed) and against
   `model.sdpa_attend` (the same plus the per-call K/V expansion, what our forward does without
   the kernel), for N in {16, 64, 256}, prefix in {512, 4096}, SmolLM2-135M and Qwen3-8B head
-  shapes; `--sweep` adds other tile configurations at N = 256, prefix 4096;
+  shapes; `--sweep` also times other tile configurations and split-K counts in every cell;
 - the greedy and sampled accept walks against their tensor-op references, and the host syncs
   a round pays for them (the walk itself none, reading its result one);
 - KV compaction of a 16-row path in all layers at once against the gather/scatter reference.
 
-Times are medians of `triton.testing.do_bench` (CUDA events), in microseconds. Also runs as
-`python -m jetspec_core.bench.kernels`. `--warmup-only` compiles every variant and exits.
+GPU time per call: CALLS calls captured in one CUDA graph, replayed REPLAYS times (CUDA events),
+median / CALLS, in microseconds; this leaves out the host's launch overhead, as the graphed
+engine does. `eager` columns: `triton.testing.do_bench` medians of plain calls (host launch
+overhead included when it exceeds the GPU time). Also runs as `python -m
+jetspec_core.bench.kernels`; `--warmup-only` compiles every variant and exits.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ PREFIXES = (512, 4096)
 WALK_NODES = (16, 64, 256, 1024)
 CACHE_SHAPES = {"SmolLM2-135M": (30, 3, 64), "Qwen3-8B": (36, 8, 128)}  # (layers, Hkv, head_dim)
 SWEEP = [
+    {"block_m": 64, "block_n": 32, "num_warps": 8, "num_stages": 3},
     {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2},
     {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3},
     {"block_m": 64, "block_n": 64, "num_warps": 8, "num_stages": 2},
@@ -52,28 +56,60 @@ def _ancestors(par: list[int], device) -> torch.Tensor:
     return anc.to(device)
 
 
+CALLS, REPLAYS = 20, 5
+
+
 class Timer:
     def __init__(self, rep_ms: int, warmup_only: bool):
         self.rep, self.warmup_only = rep_ms, warmup_only
 
     def __call__(self, fn) -> float | None:
-        """Median microseconds of fn (None with --warmup-only, after one call)."""
+        """GPU microseconds per call of fn from CUDA-graph replay (None with --warmup-only)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()  # compiles, allocates outside the capture
+        torch.cuda.current_stream().wait_stream(side)
+        if self.warmup_only:
+            return None
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                for _ in range(CALLS):
+                    fn()
+        except RuntimeError as e:  # something in fn syncs: say so rather than stop the bench
+            print(f"warning: could not capture {getattr(fn, '__name__', fn)}: {str(e)[:200]}", file=sys.stderr)
+            return None
+        graph.replay()
+        times = []
+        for _ in range(REPLAYS):
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graph.replay()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / CALLS)
+        del graph
+        return 1000.0 * sorted(times)[len(times) // 2]
+
+    def eager(self, fn) -> float | None:
+        """do_bench median of plain calls, microseconds."""
         import triton.testing
 
         if self.warmup_only:
-            fn()
             return None
         ms = triton.testing.do_bench(fn, warmup=max(5, self.rep // 4), rep=self.rep, quantiles=[0.5])
         return 1000.0 * float(ms[0] if isinstance(ms, (list, tuple)) else ms)
 
 
-def bench_attention(dev, timer: Timer, sweep: bool) -> list[dict]:
+def bench_attention(dev, timer: Timer, sweep: bool, shapes: list[str]) -> list[dict]:
     from ..kernels import tree_attention as ta
     from ..model import sdpa_attend
 
     rows = []
     gen = torch.Generator().manual_seed(0)
-    for shape, (hq, hkv, d) in HEAD_SHAPES.items():
+    for shape in shapes:
+        hq, hkv, d = HEAD_SHAPES[shape]
         for n in NODES:
             for p in PREFIXES:
                 q = torch.randn(hq, n, d, generator=gen).to(dev, torch.bfloat16)
@@ -84,28 +120,35 @@ def bench_attention(dev, timer: Timer, sweep: bool) -> list[dict]:
                 mask = torch.cat([torch.ones(n, p, dtype=torch.bool, device=dev), anc], dim=1)
                 kr, vr = k.repeat_interleave(hq // hkv, 0), v.repeat_interleave(hq // hkv, 0)
                 cfg = ta.default_config(n, hq // hkv, hkv, d, p, q.dtype, q.device)
-                row = {"shape": shape, "N": n, "prefix": p, "config": cfg,
-                       "triton_us": timer(lambda: ta.tree_attention_triton(q, k, v, p, bits))}
+                tri = lambda c=None: ta.tree_attention_triton(q, k, v, p, bits, config=c)  # noqa: E731
+                dense = lambda: F.scaled_dot_product_attention(  # noqa: E731
+                    q[None], kr[None], vr[None], attn_mask=mask[None, None])
+                row = {"shape": shape, "N": n, "prefix": p, "config": cfg, "triton_us": timer(tri)}
+                trials = []
+                if sweep:
+                    trials = [dict(c) for c in SWEEP]
+                    trials += [{"splits": max(1, round(cfg["splits"] * f))} for f in SPLIT_FACTORS]
+                    trials = [c for c in trials if c.get("splits") != cfg["splits"]]
+                    row["sweep"] = []
+                    for c in trials:
+                        t = timer(lambda: tri(c))
+                        row["sweep"].append({"config": c, "triton_us": t})
+                        if t is not None and t < row.get("best_us", row["triton_us"]):
+                            row["best_us"], row["best_config"] = t, c
                 if timer.warmup_only:
                     rows.append(row)
                     continue
-                row["sdpa_dense_us"] = timer(lambda: F.scaled_dot_product_attention(
-                    q[None], kr[None], vr[None], attn_mask=mask[None, None]))
+                row["sdpa_dense_us"] = timer(dense)
                 row["sdpa_attend_us"] = timer(lambda: sdpa_attend(q, k, v, mask))
                 row["reference_us"] = timer(lambda: ta.tree_attention_reference(q, k, v, p, bits))
-                out = ta.tree_attention_triton(q, k, v, p, bits).float()
+                row["triton_eager_us"] = timer.eager(tri)
+                row["sdpa_dense_eager_us"] = timer.eager(dense)
+                out = tri().float()
                 row["max_err_vs_reference"] = float((out - ta.tree_attention_reference(q, k, v, p, bits).float())
                                                     .abs().max())
                 row["max_err_vs_sdpa_fp32"] = float((out - F.scaled_dot_product_attention(
                     q.float()[None], kr.float()[None], vr.float()[None], attn_mask=mask[None, None])[0]).abs().max())
                 rows.append(row)
-                if sweep and n == max(NODES) and p == max(PREFIXES):
-                    trials = [dict(c) for c in SWEEP]
-                    trials += [{"splits": max(1, round(cfg["splits"] * f))} for f in SPLIT_FACTORS]
-                    for c in trials:
-                        t = timer(lambda: ta.tree_attention_triton(q, k, v, p, bits, config=c))
-                        if t is not None:
-                            rows.append({"shape": shape, "N": n, "prefix": p, "sweep": c, "triton_us": t})
     return rows
 
 
@@ -125,6 +168,7 @@ def bench_walks(dev, timer: Timer) -> list[dict]:
             row[f"{rule}_triton_us"] = timer(lambda: tri(t, pr, c, 15))
             if not timer.warmup_only:
                 row[f"{rule}_reference_us"] = timer(lambda: ref(t, pr, c, 15))
+                row[f"{rule}_triton_eager_us"] = timer.eager(lambda: tri(t, pr, c, 15))
                 assert aw.walk_to_host(*tri(t, pr, c, 15)) == aw.walk_to_host(*ref(t, pr, c, 15))
         if not timer.warmup_only:
             row.update(_count_syncs(lambda: aw.greedy_accept_triton(t, pr, c, 15)))
@@ -141,14 +185,16 @@ def _count_syncs(walk) -> dict:
 
     torch.cuda.synchronize()
     res = {}
+    walk()
+    torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         torch.cuda.set_sync_debug_mode("warn")
         try:
             out = walk()
-            res["walk_syncs"] = len(caught)
+            res["walk_syncs"] = sum("synchroniz" in str(w.message) for w in caught)
             walk_to_host(*out)
-            res["walk_to_host_syncs"] = len(caught) - res["walk_syncs"]
+            res["walk_to_host_syncs"] = sum("synchroniz" in str(w.message) for w in caught) - res["walk_syncs"]
         finally:
             torch.cuda.set_sync_debug_mode("default")
     t0 = time.perf_counter()
@@ -174,6 +220,7 @@ def bench_compaction(dev, timer: Timer) -> list[dict]:
                "triton_us": timer(lambda: kc.kv_compact_triton(k, v, src, prefix))}
         if not timer.warmup_only:
             row["reference_us"] = timer(lambda: kc.kv_compact_reference(k, v, src, prefix))
+            row["triton_eager_us"] = timer.eager(lambda: kc.kv_compact_triton(k, v, src, prefix))
         rows.append(row)
     return rows
 
@@ -184,42 +231,46 @@ def _fmt(x, digits=1) -> str:
 
 def report(res: dict) -> str:
     lines = [f"# Kernel micro-benchmark ({res['device']}, torch {res['torch']}, triton {res['triton']})", "",
-             "Tree attention, bf16, median µs (do_bench):", "",
-             "| head shape | N | prefix | Triton | SDPA dense mask | sdpa_attend | reference | SDPA / Triton | max err |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"GPU µs per call from CUDA-graph replay ({CALLS} calls per graph, median of {REPLAYS} replays); "
+             "eager = do_bench median of plain calls (includes host launch overhead).", "",
+             "Tree attention, bf16:", "",
+             "| head shape | N | prefix | Triton | SDPA dense mask | sdpa_attend | reference | SDPA / Triton "
+             "| Triton eager | SDPA eager | best swept config | max err |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in res["attention"]:
-        if "sweep" in r:
-            continue
+        best = f"{_fmt(r['best_us'])} {r['best_config']}" if "best_us" in r else "-"
+        ratio = _fmt(r["sdpa_dense_us"] / r["triton_us"], 2) if r.get("sdpa_dense_us") else "-"
         lines.append(f"| {r['shape']} | {r['N']} | {r['prefix']} | {_fmt(r['triton_us'])} | "
                      f"{_fmt(r.get('sdpa_dense_us'))} | {_fmt(r.get('sdpa_attend_us'))} | "
-                     f"{_fmt(r.get('reference_us'))} | {_fmt(r['sdpa_dense_us'] / r['triton_us'], 2) if r.get('sdpa_dense_us') else '-'} | "
-                     f"{_fmt(r.get('max_err_vs_reference'), 4)} |")
-    sweep = [r for r in res["attention"] if "sweep" in r]
-    if sweep:
-        lines += ["", "Sweep at N = 256, prefix 4096 (default config in the main table):", "",
-                  "| head shape | config | Triton µs |", "|---|---|---:|"]
-        lines += [f"| {r['shape']} | {r['sweep']} | {_fmt(r['triton_us'])} |" for r in sweep]
-    lines += ["", "Accept walks, median µs (max_depth 15):", "",
-              "| N | greedy Triton | greedy reference | sampled Triton | sampled reference | syncs: walk / read | walk + read wall µs |",
-              "|---:|---:|---:|---:|---:|---|---:|"]
+                     f"{_fmt(r.get('reference_us'))} | {ratio} | {_fmt(r.get('triton_eager_us'))} | "
+                     f"{_fmt(r.get('sdpa_dense_eager_us'))} | {best} | {_fmt(r.get('max_err_vs_reference'), 4)} |")
+    lines += ["", "Accept walks (max_depth 15):", "",
+              "| N | greedy Triton | greedy reference | greedy Triton eager | sampled Triton | sampled reference "
+              "| syncs: walk / read | walk + read, wall µs |",
+              "|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in res["walks"]:
         lines.append(f"| {r['N']} | {_fmt(r['greedy_triton_us'])} | {_fmt(r.get('greedy_reference_us'))} | "
-                     f"{_fmt(r['sampled_triton_us'])} | {_fmt(r.get('sampled_reference_us'))} | "
+                     f"{_fmt(r.get('greedy_triton_eager_us'))} | {_fmt(r['sampled_triton_us'])} | "
+                     f"{_fmt(r.get('sampled_reference_us'))} | "
                      f"{r.get('walk_syncs', '-')} / {r.get('walk_to_host_syncs', '-')} | {_fmt(r.get('walk_and_read_wall_us'))} |")
-    lines += ["", "KV compaction of a 16-row path, all layers, bf16, median µs:", "",
-              "| cache (L, Hkv, S, D) | Triton (1 launch) | reference (gather + scatter) |", "|---|---:|---:|"]
+    lines += ["", "KV compaction of a 16-row path, all layers, bf16:", "",
+              "| cache (L, Hkv, S, D) | Triton (1 launch) | reference (gather + scatter) | Triton eager |",
+              "|---|---:|---:|---:|"]
     for r in res["compaction"]:
-        lines.append(f"| {r['shape']} {tuple(r['cache'])} | {_fmt(r['triton_us'])} | {_fmt(r.get('reference_us'))} |")
+        lines.append(f"| {r['shape']} {tuple(r['cache'])} | {_fmt(r['triton_us'])} | {_fmt(r.get('reference_us'))} | "
+                     f"{_fmt(r.get('triton_eager_us'))} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m jetspec_core bench kernels", description=__doc__.split("\n")[0])
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
-    ap.add_argument("--rep", type=int, default=50, help="milliseconds of timed repetitions per measurement")
-    ap.add_argument("--sweep", action="store_true", help="also try other tile configs at N 256, prefix 4096")
+    ap.add_argument("--rep", type=int, default=20, help="milliseconds of timed repetitions per eager measurement")
+    ap.add_argument("--sweep", action="store_true", help="also try other tile configs and split counts in every cell")
     ap.add_argument("--warmup-only", action="store_true", help="compile every variant once, time nothing")
     ap.add_argument("--only", choices=["attention", "walks", "compaction"], default=None)
+    ap.add_argument("--shape", choices=list(HEAD_SHAPES), action="append", default=None,
+                    help="attention head shape(s) to run (default: all)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise JetSpecError("bench kernels needs a CUDA GPU (the kernels' CPU path is the PyTorch reference)")
@@ -229,19 +280,18 @@ def main(argv: list[str] | None = None) -> int:
     timer = Timer(a.rep, a.warmup_only)
     res = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
            "python": platform.python_version(), "rep_ms": a.rep, "attention": [], "walks": [], "compaction": []}
-    if a.only in (None, "attention"):
-        res["attention"] = bench_attention(dev, timer, a.sweep)
-    if a.only in (None, "walks"):
-        res["walks"] = bench_walks(dev, timer)
-    if a.only in (None, "compaction"):
-        res["compaction"] = bench_compaction(dev, timer)
+    sections = {"attention": lambda: bench_attention(dev, timer, a.sweep, a.shape or list(HEAD_SHAPES)),
+                "walks": lambda: bench_walks(dev, timer), "compaction": lambda: bench_compaction(dev, timer)}
+    for name, run in sections.items():
+        if a.only in (None, name):
+            res[name] = run()
+            if a.json and not a.warmup_only:  # written after each section: a cut-short run keeps its part
+                with open(a.json, "w") as f:
+                    json.dump(res, f, indent=1)
     if a.warmup_only:
         print("compiled all kernel variants")
         return 0
     print(report(res))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
     return 0
 
 

@@ -53,17 +53,16 @@ def _walk_reference(tokens, parents, choice, max_depth, first_child: bool):
         jumps.append(anc)
         ok, depth, anc = ok & ok[anc], depth + depth[anc], anc[anc]
     key = torch.where(ok, depth, -1)
-    best = torch.argmax(key)                                                 # first of the deepest
-    dsel = torch.clamp(key[best], max=max_depth)
+    best = torch.argmax(key).reshape(1)                                      # first of the deepest
+    dbest = key.gather(0, best)                                              # (1,) tensors throughout:
+    dsel = dbest.clamp(max=max_depth)                                        # no host sync anywhere
     t = torch.arange(max_depth + 1, device=dev)
-    steps = key[best] - t                                                    # climb from best to depth t
+    steps = dbest - t                                                        # climb from best to depth t
     x = best.expand(max_depth + 1).clone()
     for k, table in enumerate(jumps):
         x = torch.where(((steps >> k) & 1).bool() & (steps >= 0), table[x], x)
-    buf = torch.empty(max_depth + 3, dtype=torch.long, device=dev)
-    buf[: max_depth + 1] = torch.where(t <= dsel, x, -1)
-    buf[max_depth + 1] = dsel + 1
-    buf[max_depth + 2] = choice.long()[buf[dsel]]
+    bonus = choice.long().gather(0, x.gather(0, dsel))
+    buf = torch.cat([torch.where(t <= dsel, x, -1), dsel + 1, bonus])
     return buf[: max_depth + 1], buf[max_depth + 1], buf[max_depth + 2]
 
 
