@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda[:N]")
     ap.add_argument("--dtype", default="auto", help="auto (fp32 on CPU, bf16 on GPU), float32, bfloat16, float16")
     ap.add_argument("--trust-remote-code", action="store_true", help="allow custom model code (off by default)")
+    ap.add_argument("--engine", default="auto", help="auto (graphed engine on CUDA, reference on CPU), fast, reference")
     ap.add_argument("--concurrency", type=int, default=1, help="decoding requests run at once (others queue)")
     ap.add_argument("--queue-size", type=int, default=64, help="requests that may wait in the queue")
     ap.add_argument("--max-new-tokens-limit", type=int, default=None, help="cap on max_new_tokens per request")
@@ -44,10 +45,10 @@ def resolve_head(spec: str | None) -> str | None:
 
 
 def load(a: argparse.Namespace):
-    """Target, then head, each failure with what to do about it. Returns (Loaded, Studio)."""
-    from jetspec_core.decoder import Decoder
+    """Target, then head, each failure with what to do about it, then the decoder
+    (`loading.make_decoder`, as `load_decoder` does). Returns (Loaded, Studio)."""
     from jetspec_core.drafter import HeadDrafter
-    from jetspec_core.loading import Loaded, load_head
+    from jetspec_core.loading import Loaded, load_head, make_decoder
     from jetspec_core.target import load_target
 
     from .session import Limits, Studio
@@ -62,7 +63,8 @@ def load(a: argparse.Namespace):
     except JetSpecError as e:
         raise JetSpecError(f"draft head {head_spec or 'assets/head'}: {e} (fix: pass --head FOLDER with a head "
                            "trained for this target, --head random, or --head none)") from e
-    loaded = Loaded(target, Decoder(target, HeadDrafter(head, target.model) if head is not None else None), desc)
+    decoder = make_decoder(target, HeadDrafter(head, target.model) if head is not None else None, a.engine)
+    loaded = Loaded(target, decoder, desc)
     limits = Limits.for_device(target.device.type)
     over = {k: v for k, v in (("max_new_tokens", a.max_new_tokens_limit), ("max_prompt_chars", a.max_prompt_chars),
                               ("timeout_s", a.timeout)) if v is not None}

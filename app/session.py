@@ -2,9 +2,12 @@
 and their traces. No Gradio here: the handlers turn `JetSpecError` into messages.
 
 The model weights are loaded once and shared read-only. Everything a request mutates (KV cache,
-draft context, records) belongs to that request: `Studio.stream` builds a new `Decoder` (and a
-new `HeadDrafter` over the shared head) every time, so concurrent or cancelled requests never
-see each other's state.
+draft context, records) belongs to that request: with the reference engine `Studio.stream`
+builds a new `Decoder` (and a new `HeadDrafter` over the shared head) every time, so concurrent
+or cancelled requests never see each other's state. The graphed engine (`FastDecoder`, the
+default on CUDA) owns static buffers and captured graphs that are too costly to build per
+request: one instance serves every request, one request at a time, under a lock that a
+finished, stopped or abandoned stream releases.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import logging
 import math
 import shutil
 import tempfile
+import threading
 import time
 import unicodedata
 import uuid
@@ -125,6 +129,9 @@ class Studio:
         self.target = loaded.target
         drafter = loaded.decoder.drafter
         self.head = drafter.head if isinstance(drafter, HeadDrafter) else None
+        # a stateful engine (anything but the reference Decoder) is shared, one request at a time
+        self.engine = None if type(loaded.decoder) is Decoder else loaded.decoder
+        self._engine_lock = threading.Lock()
         self.head_desc = loaded.head_desc
         self.device = self.target.device
         self.limits = limits or Limits.for_device(self.device.type)
@@ -149,7 +156,9 @@ class Studio:
         if self.device.type == "cpu":
             out.append((f"running on CPU: CPU-friendly defaults (budget {self.defaults.budget}, "
                         f"{self.defaults.max_new_tokens} new tokens); larger trees pay off on a GPU", "info"))
-        out.append((f"target: {self.target.name} · head: {self.head_desc} · device: {self.device}", "info"))
+        engine = "graphed engine" if self.engine is not None else "reference engine"
+        out.append((f"target: {self.target.name} · head: {self.head_desc} · device: {self.device} · {engine}",
+                    "info"))
         return out
 
     def token_text(self, token_id: int) -> str:
@@ -210,7 +219,17 @@ class Studio:
     def stream(self, run: Run) -> Iterator[RoundRecord]:
         """Decode `run`, appending and yielding its records; stops at the time limit. GPU (or
         host) out-of-memory becomes a JetSpecError."""
-        dec = self.new_decoder(run.mode)
+        if self.engine is None:
+            yield from self._stream(self.new_decoder(run.mode), run)
+            return
+        if not self._engine_lock.acquire(timeout=self.limits.timeout_s):
+            raise JetSpecError("the decoder is busy with another request; try again in a moment")
+        try:
+            yield from self._stream(self.engine, run)
+        finally:
+            self._engine_lock.release()
+
+    def _stream(self, dec: Decoder, run: Run) -> Iterator[RoundRecord]:
         start = time.perf_counter()
         try:
             for rec in dec.stream(run.prompt_ids, run.cfg):

@@ -184,6 +184,35 @@ def test_requests_never_share_decoder_state(studio):
     assert [r.token_ids for r in runs] == refs
 
 
+def test_shared_engine_serves_one_request_at_a_time(loaded, studio):
+    """The graphed engine (here forced on CPU, without graphs) is one shared instance: requests
+    from several threads take turns, a stopped stream frees it, answers equal the reference."""
+    from jetspec_core.loading import Loaded, make_decoder
+
+    from app.session import Run, Studio
+
+    fast = Studio(Loaded(loaded.target, make_decoder(loaded.target, loaded.decoder.drafter, "fast"),
+                         loaded.head_desc))
+    assert fast.engine is not None and studio.engine is None
+    prompts = ["What is 2 + 2?", "List two fruits."]
+    cfg = studio.config("jetspec", budget=4, max_new_tokens=4)
+    ids = [studio.encode(p) for p in prompts]
+    refs = [studio.run("jetspec", i, cfg).token_ids for i in ids]
+    runs = [Run("jetspec", cfg, i) for i in ids]
+    threads = [threading.Thread(target=lambda r=r: list(fast.stream(r))) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [r.token_ids for r in runs] == refs
+    gen = fast.stream(Run("jetspec", cfg, ids[0]))
+    next(gen)
+    assert fast._engine_lock.locked()
+    gen.close()
+    assert not fast._engine_lock.locked()
+    assert fast.run("jetspec", ids[0], cfg).token_ids == refs[0]
+
+
 def test_cancel_mid_stream_then_generate_equals_fresh_run(studio):
     from app.session import Run
 
