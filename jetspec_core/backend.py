@@ -82,12 +82,6 @@ def use_triton(t: torch.Tensor) -> bool:
     return True
 
 
-def describe(device: torch.device | str) -> str:
-    """One line for logs: which backend a model on `device` gets."""
-    probe = torch.empty(0, device=device)
-    return f"{setting()} -> {'triton' if use_triton(probe) else 'reference'} on {probe.device}"
-
-
 # ---------------------------------------------------------------- the kernels, one signature each
 
 def supports_tree_attention(q: torch.Tensor) -> bool:

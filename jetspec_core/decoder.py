@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 
+from . import backend
 from .accept import accept_greedy, accept_sampled, expected_tau
 from .config import DecodeConfig
 from .drafter import Drafter
@@ -97,6 +98,7 @@ class Decoder:
     def __init__(self, target: Target, drafter: Drafter | None = None):
         self.target = target
         self.drafter = drafter
+        backend.configure(target.model)  # Triton tree attention on CUDA; SDPA as before on CPU
 
     def _sync(self) -> None:
         if self.target.device.type == "cuda":
@@ -136,7 +138,7 @@ class Decoder:
             ids = torch.tensor(committed[:-1], device=dev)
             causal = torch.ones(p, p, dtype=torch.bool, device=dev).tril()
             _, hidden = model(ids, torch.arange(p, device=dev), cache, causal, taps)
-            cache.compact(torch.arange(p, device=dev))
+            backend.compact(cache, torch.arange(p, device=dev))
         if drafter:
             drafter.start(hidden, committed)
         generated = 0
@@ -176,7 +178,7 @@ class Decoder:
                 new, finished = new[:room], finished or "length"
             # -- commit: root + accepted nodes whose tokens are now committed move into the cache
             keep = torch.tensor(acc.path[: len(new)], device=dev)
-            cache.compact(keep)
+            backend.compact(cache, keep)
             committed += new
             generated += len(new)
             if drafter and not finished:

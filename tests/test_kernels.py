@@ -38,7 +38,7 @@ from jetspec_core.accept import accept_greedy, accept_sampled  # noqa: E402
 from jetspec_core.config import DecodeConfig  # noqa: E402
 from jetspec_core.decoder import Decoder  # noqa: E402
 from jetspec_core.errors import JetSpecError  # noqa: E402
-from jetspec_core.model import KVCache, sdpa_attend  # noqa: E402
+from jetspec_core.model import sdpa_attend  # noqa: E402
 from jetspec_core.target import target_from_hf  # noqa: E402
 from jetspec_core.tree import Tree  # noqa: E402
 

@@ -39,10 +39,8 @@ def _walk_reference(tokens, parents, choice, max_depth, first_child: bool):
     n = tokens.shape[0]
     dev = tokens.device
     idx = torch.arange(n, device=dev)
-    par = parents.long().clamp(min=0)
-    par[0] = 0
-    match = tokens.long() == choice.long()[par]                              # x_c == choice[parent]
-    match[0] = True
+    par = torch.where(idx == 0, 0, parents.long().clamp(min=0))              # no item writes: graph-safe
+    match = (tokens.long() == choice.long()[par]) | (idx == 0)               # x_c == choice[parent]
     if first_child:  # only the lowest-index matching child of each parent can be entered
         big = torch.full((n,), n, dtype=torch.long, device=dev)
         first = big.scatter_reduce(0, par[1:], torch.where(match[1:], idx[1:], n), "amin")

@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
-MIN_SPLIT_KEYS = 256   # a split-K chunk holds at least this many prefix rows
+MIN_SPLIT_KEYS = 256   # a split-K chunk holds at least this many prefix rows (twice that below head_dim 128)
 MAX_SPLITS = 16
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FP32_PRECISION = "tf32x3"  # fp32 inputs: three tf32 products, about fp32 accuracy on tensor cores
@@ -174,7 +174,8 @@ def _tree_attn_kernel(
             # this block's BLOCK_N // 32 mask words of every row, one (BLOCK_M,) load each
             word = tl.load(Bits + node * sbn + start // 32, mask=rmask, other=0)[:, None] + 0 * jj[None, :]
             for t in tl.static_range(1, BLOCK_N // 32):
-                w_t = tl.load(Bits + node * sbn + start // 32 + t, mask=rmask & (node * 0 + start + 32 * t < N), other=0)
+                has_t = node * 0 + start + 32 * t < N
+                w_t = tl.load(Bits + node * sbn + start // 32 + t, mask=rmask & has_t, other=0)
                 word = tl.where(jj[None, :] >= 32 * t, w_t[:, None], word)
             seen = (((word >> (jj[None, :] & 31)) & 1) != 0) & (j[None, :] <= node[:, None]) & jmask[None, :]
             kt = tl.load(kt0 + j[None, :] * sks + d[:, None], mask=jmask[None, :], other=0.0)
@@ -259,12 +260,14 @@ def default_config(n: int, g: int, hkv: int, d: int, kv_bound: int, dtype: torch
     rows = n * g
     if dtype == torch.float32:  # three tf32 products per dot: small tiles keep registers in check
         cfg = {"block_m": 16 if rows <= 16 or d >= 128 else 32, "block_n": 32, "num_warps": 4, "num_stages": 1}
-    else:
-        block_m = 16 if rows <= 16 else 64  # two tile heights only: fewer compiled variants
-        cfg = {"block_m": block_m, "block_n": 64, "num_warps": 8 if d >= 128 and block_m == 64 else 4,
-               "num_stages": 3 if d <= 64 else 2}
+    else:  # measured best on an H200 for head_dim 64 and 128 (bench kernels --sweep, docs/kernels.md)
+        cfg = {"block_m": 16 if rows <= 16 else 64, "block_n": 64, "num_warps": 4, "num_stages": 3}
+    # split-K: enough programs to fill the GPU, each with a long enough run of keys that the extra
+    # combine pays; with head_dim >= 128 a key costs twice as much, so splits pay earlier.
     ctas = triton.cdiv(rows, cfg["block_m"]) * hkv
-    cfg["splits"] = max(1, min(triton.cdiv(2 * _num_sms(device), ctas), kv_bound // MIN_SPLIT_KEYS, MAX_SPLITS))
+    big = d >= 128
+    waves, min_keys = (2, MIN_SPLIT_KEYS) if big else (1, 2 * MIN_SPLIT_KEYS)
+    cfg["splits"] = max(1, min(triton.cdiv(waves * _num_sms(device), ctas), kv_bound // min_keys, MAX_SPLITS))
     return cfg
 
 
