@@ -27,7 +27,7 @@ OUTPUTS = ("out", "plain_out", "stats", "tree", "round", "tau", "hist", "heat", 
            "download", "trace")
 SETTINGS = ("budget", "width", "depth", "builder", "temperature", "top_k", "top_p", "seed", "max_new_tokens")
 TEXT_EVERY_S = 0.1     # at most ~10 text updates a second
-FIGURES_EVERY_S = 0.6  # the plots redraw less often while streaming, and always at the end
+FIGURES_EVERY_S = 1.0  # the plots redraw about once a second while streaming (the browser's cost), and at the end
 PLAIN_PLACEHOLDER = "side by side mode shows plain decoding of the same prompt here"
 
 
@@ -102,17 +102,19 @@ class Handlers:
             return (out, plain_html, stats) + (skip,) * 8 + (download or skip, trace)
         recs = main.records if main else []
         n = len(recs)
-        slider = gr.Slider(minimum=0, maximum=max(n - 1, 1), value=max(n - 1, 0), step=1,
-                           interactive=n > 1, label=f"round (0–{max(n - 1, 0)})")
-        return (out, plain_html, stats, self._tree(main) if n else skip, slider, F.tau_figure(recs),
-                F.accept_histogram(recs), F.acceptance_heatmap(recs), F.expected_vs_realised(recs),
-                F.time_split_figure(recs),
-                F.throughput_figure({m: r.records for m, r in trace.runs.items()}), download or skip, trace)
+        speed_fig = F.throughput_figure({m: r.records for m, r in trace.runs.items()})
+        if not n:  # side by side, plain still running: only the throughput plot has news
+            return (out, plain_html, stats) + (skip,) * 7 + (speed_fig, download or skip, trace)
+        slider = gr.Slider(minimum=0, maximum=max(n - 1, 1), value=n - 1, step=1,
+                           interactive=n > 1, label=f"round (0–{n - 1})")
+        return (out, plain_html, stats, self._tree(main), slider, F.tau_figure(recs), F.accept_histogram(recs),
+                F.acceptance_heatmap(recs), F.expected_vs_realised(recs), F.time_split_figure(recs), speed_fig,
+                download or skip, trace)
 
     # ------------------------------------------------------------- events
     @user_errors
     def generate(self, prompt, mode, budget, width, depth, builder, temperature, top_k, top_p, seed,
-                 max_new_tokens, _trace=None):
+                 max_new_tokens):
         """Stream a generation (JetSpec, plain, or plain then JetSpec side by side)."""
         s = self.studio
         values = dict(zip(SETTINGS, (budget, width, depth, builder, temperature, top_k, top_p, seed, max_new_tokens)))

@@ -57,10 +57,10 @@ def build_ui(studio: Studio, concurrency: int = 1) -> gr.Blocks:
                 with gr.Accordion("Sampling and length", open=False):
                     with gr.Row():
                         temperature = gr.Slider(0, 2, value=d.temperature, step=0.05, label="Temperature (0 = greedy)")
-                        top_k = gr.Number(value=d.top_k, precision=0, minimum=0, label="Top-k (0 = off)")
+                        top_k = gr.Number(value=d.top_k, precision=0, label="Top-k (0 = off)", elem_id="top-k")
                     with gr.Row():
                         top_p = gr.Slider(0.05, 1, value=d.top_p, step=0.05, label="Top-p")
-                        seed = gr.Number(value=d.seed, precision=0, minimum=0, label="Seed")
+                        seed = gr.Number(value=d.seed, precision=0, label="Seed", elem_id="seed")
                 max_new = gr.Slider(1, studio.limits.max_new_tokens, value=d.max_new_tokens, step=1,
                                     label="Max new tokens", elem_id="max-new-tokens")
 
@@ -96,7 +96,7 @@ def build_ui(studio: Studio, concurrency: int = 1) -> gr.Blocks:
                      heat=heat, expected=expected, timing=timing, speed=speed, download=download, trace=trace)
         outputs = [comps[k] for k in OUTPUTS]
         settings = [budget, width, depth, builder, temperature, top_k, top_p, seed, max_new]
-        run_ev = gen_btn.click(h.generate, [prompt, mode, *settings, trace], outputs, api_name="ui_generate",
+        run_ev = gen_btn.click(h.generate, [prompt, mode, *settings], outputs, api_name="ui_generate",
                           api_visibility="private", concurrency_id=DECODER_GROUP, concurrency_limit=concurrency)
         sweep_ev = sweep.click(h.sweep, [prompt, *settings], [sweep_plot], api_name="ui_sweep",
                                api_visibility="private", concurrency_id=DECODER_GROUP, concurrency_limit=concurrency)

@@ -119,9 +119,17 @@ def _flow(page, log):
     # bad input answers with a visible message and the page stays usable
     page.click("#generate")
     page.wait_for_selector(".toast-body:has-text('the prompt is empty')")
+    page.fill("#prompt textarea", "hi " * 3000)
+    page.click("#generate")
+    page.wait_for_selector(".toast-body:has-text('tokens long; this server takes at most')")
+    page.fill("#prompt textarea", PROMPT)
+    page.click("text=Sampling and length")
+    set_number(page, "seed", -3)
+    page.click("#generate")
+    page.wait_for_selector(".toast-body:has-text('seed must be a non-negative integer, got -3')")
+    set_number(page, "seed", 0)
 
     # 1. generate: the tree of the latest round is drawn from the verifier's arrays
-    page.fill("#prompt textarea", PROMPT)
     set_number(page, "max-new-tokens", 8)
     set_number(page, "budget", 16)
     generate(page)
