@@ -259,8 +259,13 @@ def bench_cost(a, name: str) -> dict:
     t0 = time.perf_counter()
     target = random_target(shape, dev, dtype)
     hc = HeadConfig.for_target(target.shape, mask_token_id=mask_id, num_layers=head_layers, num_taps=5)
-    with torch.device(dev):
+    with torch.device("meta"):
         head = DraftHead(hc)
+    head = head.to_empty(device=dev)
+    g = torch.Generator(device=dev).manual_seed(1)
+    with torch.no_grad():  # random matrices (std 0.02), unit norms; own generator, on the device
+        for p in head.parameters():
+            p.normal_(0.0, 0.02, generator=g) if p.dim() == 2 else p.fill_(1.0)
     head = head.to(dtype=dtype).eval()
     dec = FastDecoder(target, HeadDrafter(head, target.model), attention=a.attention)
     build_s = time.perf_counter() - t0

@@ -9,10 +9,28 @@ shape first, since warm-up really executes (it writes the caches).
 """
 from __future__ import annotations
 
+import traceback
 import warnings
 from typing import Callable
 
 import torch
+
+
+def _first_sync(fn: Callable[[], None]) -> str | None:
+    """Run fn once with CUDA sync debugging set to 'error'; describe the first synchronising
+    op (where in our code it happened), or None when fn never waits for the device."""
+    before = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fn()
+    except RuntimeError as e:
+        frames = [f for f in traceback.extract_tb(e.__traceback__) if "jetspec_core" in f.filename]
+        where = f" at {frames[-1].filename.split('jetspec_core')[-1]}:{frames[-1].lineno} ({frames[-1].line})" \
+            if frames else ""
+        return f"{str(e).splitlines()[0][:200]}{where}"
+    finally:
+        torch.cuda.set_sync_debug_mode(before)
+    return None
 
 
 class Step:
@@ -29,10 +47,17 @@ class Step:
         side = torch.cuda.Stream()
         side.wait_stream(dev_stream)
         with torch.cuda.stream(side):
-            for _ in range(warmup):
+            for i in range(warmup):
                 if reset:
                     reset()
-                fn()
+                if i == 0:
+                    self.error = _first_sync(fn)
+                    if self.error:  # a host sync cannot be captured: stay eager, capture nothing
+                        warnings.warn(f"step {name} syncs with the host, running it eagerly: {self.error}")
+                        torch.cuda.synchronize()
+                        return
+                else:
+                    fn()
         dev_stream.wait_stream(side)
         if reset:
             reset()

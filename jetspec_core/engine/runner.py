@@ -208,12 +208,14 @@ class FastDecoder(Decoder):
         par0 = tb.parents.clamp(min=0)
         match = ((tb.tokens == top[par0]) | (ar == 0)) & tb.valid         # (N,)
         ok = ~(tb.anc & ~match[None, :]).any(-1)                           # whole path matches
-        best = torch.argmax(torch.where(ok, tb.depth, -1))
-        plen = tb.depth[best] + 1                                           # τ
-        on_path = tb.anc[best]
+        # index with 1-element tensors: a 0-d tensor index is read on the host (a sync)
+        best = torch.argmax(torch.where(ok, tb.depth, -1)).reshape(1)
+        plen = (tb.depth.index_select(0, best) + 1).reshape(())             # τ
+        on_path = tb.anc.index_select(0, best)                              # (1, N)
         level = s.st.ar[:self.d1, None]
-        path = (on_path[None, :] & (tb.depth[None, :] == level)).float().argmax(-1)  # (D+1,)
-        bonus = top[best]
+        path = (on_path & (tb.depth[None, :] == level)).float().argmax(-1)  # (D+1,)
+        bonus = top.index_select(0, best).reshape(())
+        best = best.reshape(())
         lse = torch.logsumexp(logits, dim=-1)
         tprob = torch.where(ar == 0, 1.0, torch.exp(logits[par0, tb.tokens] - lse[par0]))
         if speculative:
