@@ -67,7 +67,10 @@ def make_decoder(target: Target, drafter, engine: str = "auto") -> Decoder:
     `Decoder` on CPU; 'fast' / 'reference' force one. Both have the same `stream` interface."""
     if engine not in ENGINES:
         raise JetSpecError(f"unknown engine {engine!r}; use one of {', '.join(ENGINES)}")
-    if engine == "fast" or (engine == "auto" and target.device.type == "cuda"):
+    spread = len({p.device for p in target.model.parameters()}) > 1  # an HF device_map
+    if spread and engine == "reference":
+        raise JetSpecError("a target spread over several devices runs on the fast engine only (engine auto)")
+    if engine == "fast" or spread or (engine == "auto" and target.device.type == "cuda"):
         from .engine import FastDecoder
 
         return FastDecoder(target, drafter)

@@ -115,9 +115,10 @@ class Target:
         return self.tokenizer.decode([token_id], skip_special_tokens=False)
 
 
-def _from_state(name: str, cfg, tokenizer, state: dict, device, dtype) -> Target:
+def _from_state(name: str, cfg, tokenizer, state: dict, device, dtype, keep_devices: bool = False) -> Target:
     shape = ModelShape.from_hf_config(cfg)
-    state = {k: v.to(device=device, dtype=dtype) for k, v in state.items()}
+    # keep_devices: leave each tensor where a device_map put it (a target spread over GPUs)
+    state = {k: v.to(device=v.device if keep_devices else device, dtype=dtype) for k, v in state.items()}
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     model = TargetModel(shape, state, tied).eval()
     return Target(name=name, model=model, tokenizer=tokenizer, hf_config=cfg)
@@ -156,7 +157,9 @@ def _load_embedded(device, dtype) -> Target:
     return _from_state("SmolLM2-135M-Instruct (embedded)", cfg, tok, load_file(str(weights)), device, dtype)
 
 
-def _load_hf(spec: str, device, dtype, trust_remote_code: bool) -> Target:
+def _load_hf(spec: str, device, dtype, trust_remote_code: bool, device_map=None) -> Target:
+    """device_map (e.g. "auto", needs accelerate) spreads the layers over all visible GPUs for
+    targets that do not fit one; the fast engine then runs them layer by layer (no CUDA graphs)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -168,16 +171,18 @@ def _load_hf(spec: str, device, dtype, trust_remote_code: bool) -> Target:
         raise JetSpecError(f"unsupported target architecture {getattr(cfg, 'model_type', None)!r}; "
                            f"supported: {', '.join(ARCHITECTURES)}")
     tok = AutoTokenizer.from_pretrained(spec, trust_remote_code=trust_remote_code)
+    extra = {"device_map": device_map} if device_map is not None else {}
     hf = AutoModelForCausalLM.from_pretrained(spec, dtype=dtype, use_safetensors=True,
-                                              trust_remote_code=trust_remote_code)
-    return _from_state(spec, cfg, tok, dict(hf.state_dict()), device, dtype)
+                                              trust_remote_code=trust_remote_code, **extra)
+    return _from_state(spec, cfg, tok, dict(hf.state_dict()), device, dtype, keep_devices=device_map is not None)
 
 
 def load_target(spec: str | None = None, device: str | None = None, dtype: str | None = None,
-                trust_remote_code: bool = False) -> Target:
-    """Load the target named by `spec`: None/'embedded', a local folder or a hub id."""
+                trust_remote_code: bool = False, device_map=None) -> Target:
+    """Load the target named by `spec`: None/'embedded', a local folder or a hub id.
+    device_map (HF targets only, e.g. "auto") spreads a big target over all visible GPUs."""
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     if spec in (None, "", EMBEDDED):
         return _load_embedded(dev, dt)
-    return _load_hf(spec, dev, dt, trust_remote_code)
+    return _load_hf(spec, dev, dt, trust_remote_code, device_map)

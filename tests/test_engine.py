@@ -260,3 +260,30 @@ def test_gpu_embedded_fp32_jetspec_equals_plain():
             assert _gen(dec, ids, 64, budget=b)[0].token_ids == plain, b
         s, _ = _gen(FastDecoder(target, OracleDrafter(len(ids), plain, vocab)), ids, 64, budget=64)
         assert s.token_ids == plain and s.tau > 2.5
+
+
+def test_per_layer_caches_and_device_map_loading(tmp_path):
+    """The device_map path: per-layer K/V caches and activations moved between layers (forced
+    here on one CPU), and `load_target(folder, device_map="auto")` keeping HF's placement."""
+    from jetspec_core.target import load_target
+
+    hf = tiny_hf("qwen3")
+    ids = [4, 8, 15, 16, 23, 42]
+    ref = hf_greedy(hf, ids, 24)
+    hf.save_pretrained(tmp_path)
+    _tiny_tokenizer().save_pretrained(tmp_path)
+    target = load_target(str(tmp_path), device="cpu", dtype="float32", device_map="auto")
+    dec = FastDecoder(target, OracleDrafter(len(ids), ref, 97), per_layer=True)
+    assert isinstance(dec.state, type(None)) and _gen(dec, ids, 24, mode="plain")[0].token_ids == ref
+    assert isinstance(dec.state.st.k, list) and len(dec.state.st.k) == target.shape.num_layers
+    s, _ = _gen(dec, ids, 24, budget=32)
+    assert s.token_ids == ref and s.tau > 2.5
+
+
+def _tiny_tokenizer():
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"t{i}": i for i in range(97)}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0")),
+                                   unk_token="t0")

@@ -47,86 +47,114 @@ class StaticTree:
     FIELDS = ("tokens", "parents", "depth", "rank", "draft_logp", "cum_logp", "valid", "n_valid", "anc")
 
 
+_CONSTS: dict = {}
+
+
+def _const(key: tuple, make):
+    """Tensors that depend on shapes only, made once per device and key. The first call of a
+    step is an eager warm-up, so they already exist when the step is captured."""
+    if key not in _CONSTS:
+        _CONSTS[key] = make()
+    return _CONSTS[key]
+
+
 def ancestor_mask(parents: torch.Tensor, max_depth: int) -> torch.Tensor:
-    """(N, N) bool ancestor-or-self from parent pointers (-1 for the root): after t steps each
-    row holds its ancestors up to t levels up, so max_depth steps suffice."""
+    """(N, N) bool ancestor-or-self from parent pointers (-1 for the root) by pointer jumping:
+    rows[t] holds every node's ancestor t levels up (the root is its own parent), doubling the
+    distances covered per step, then one scatter marks them."""
     n = parents.shape[0]
+    dev = parents.device
     par = parents.clamp(min=0)
-    anc = torch.eye(n, dtype=torch.bool, device=parents.device)
-    for _ in range(max_depth):
-        anc = anc | anc[par]
-    return anc
+    rows = _const(("arange", str(dev), n), lambda: torch.arange(n, device=dev))[None, :]   # (1, N)
+    covered = 1
+    while covered <= max_depth:
+        rows = torch.cat([rows, par[rows]])        # distances [covered, 2·covered) from [0, covered)
+        par = par[par]
+        covered *= 2
+    return torch.zeros(n, n, dtype=torch.bool, device=dev).scatter_(1, rows.t(), True)
+
+
+def _sizes(k: int, keep: int, n_levels: int) -> list[int]:
+    """Kept nodes per depth 1..n_levels: min(keep, K × kept one depth up), the root alone above."""
+    out, prev = [], 1
+    for _ in range(n_levels):
+        prev = min(keep, prev * k)
+        out.append(prev)
+    return out
+
+
+def _level_consts(dev, k: int, keep: int, n_levels: int, with_root: bool):
+    """Per-entry constants of the level-major entry array: depth, offset of the level above
+    (-1 where the parent is the root and the root is no entry), and an arange."""
+    def make():  # device fills only: a host-to-device copy would count as a sync in the check
+        sizes = _sizes(k, keep, n_levels)
+        full = lambda n, v: torch.full((n,), v, dtype=torch.long, device=dev)  # noqa: E731
+        depth, prev_off = ([full(1, 0)], [full(1, -1)]) if with_root else ([], [])
+        off, prev_start = (1 if with_root else 0), (0 if with_root else -1)
+        for d, size in enumerate(sizes, start=1):
+            depth.append(full(size, d))
+            prev_off.append(full(size, prev_start))
+            prev_start, off = off, off + size
+        widest = max([keep * k, 1] + [x * k for x in sizes])
+        return torch.cat(depth), torch.cat(prev_off), torch.arange(widest, device=dev)
+    return _const(("levels", str(dev), k, keep, n_levels, with_root), make)
 
 
 def _levels(lp: torch.Tensor, tok: torch.Tensor, keep: int, with_root: bool, n_levels: int):
     """Best `keep` nodes per depth, built from the kept nodes one depth up.
 
-    lp, tok (d, K). Returns flat level-major entry arrays (cum, parent entry or -1, rank, token,
-    own log-prob, depth) over depths 1..n_levels (plus the root as entry 0 when with_root)."""
+    lp, tok (d, K). Returns level-major entry arrays over depths 1..n_levels (plus the root as
+    entry 0 when with_root): cumulative log-prob, parent entry (-1: the root, when it is no
+    entry), rank, token, own log-prob, depth."""
     dev = lp.device
     k = lp.shape[1]
-    zero = torch.zeros(1, device=dev)
-    cums, pars, ranks, toks, lps, depths = [], [], [], [], [], []
+    depth, prev_off, ar = _level_consts(dev, k, keep, n_levels, with_root)
+    cums, idxs = [], []
+    prev_cum = torch.zeros(1, device=dev)
     if with_root:
-        cums.append(zero)
-        pars.append(torch.full((1,), -1, device=dev, dtype=torch.long))
-        ranks.append(torch.full((1,), -1, device=dev, dtype=torch.long))
-        toks.append(torch.zeros(1, device=dev, dtype=torch.long))
-        lps.append(zero)
-        depths.append(torch.zeros(1, device=dev, dtype=torch.long))
-    prev_cum, prev_off = zero, (0 if with_root else -1)
-    offset = 1 if with_root else 0
-    for d in range(1, n_levels + 1):
-        cand = (prev_cum[:, None] + lp[d - 1][None, :]).reshape(-1)      # (s_prev · K,)
-        size = min(keep, cand.numel())
+        cums.append(prev_cum)
+        idxs.append(ar[:1])
+    for d, size in enumerate(_sizes(k, keep, n_levels), start=1):
+        cand = (prev_cum[:, None] + lp[d - 1][None, :]).reshape(-1)      # (kept above · K,)
         if size < cand.numel():
             val, idx = torch.topk(cand, size, sorted=True)
         else:
-            val, idx = cand, torch.arange(cand.numel(), device=dev)
-        slot, rk = idx // k, idx % k
+            val, idx = cand, ar[:cand.numel()]
         cums.append(val)
-        pars.append(slot + prev_off if prev_off >= 0 else torch.full_like(slot, -1))
-        ranks.append(rk)
-        toks.append(tok[d - 1][rk])
-        lps.append(lp[d - 1][rk])
-        depths.append(torch.full_like(slot, d))
-        prev_cum, prev_off = val, offset
-        offset += size
-    cat = torch.cat
-    return cat(cums), cat(pars), cat(ranks), cat(toks), cat(lps), cat(depths)
+        idxs.append(idx)
+        prev_cum = val
+    cum, idx = torch.cat(cums), torch.cat(idxs)
+    slot, rank = idx // k, idx % k
+    par = torch.where(prev_off < 0, -1, slot + prev_off)
+    flat = (depth - 1).clamp(min=0) * k + rank                              # row depth−1, column rank
+    if with_root:
+        rank = torch.where(depth == 0, -1, rank)
+    return cum, par, rank, tok.reshape(-1)[flat], lp.reshape(-1)[flat], depth
 
 
-def _assemble(root: torch.Tensor, n_nodes: int, dev, tokens, parents, depth, rank, lp, cum, valid,
-              max_depth: int) -> StaticTree:
-    """Pad node arrays (root excluded, length m ≤ n_nodes − 1) to n_nodes with the root first."""
-    m = tokens.shape[0]
-    pad = n_nodes - 1 - m
-    assert pad >= 0, "tree larger than its bucket"
-
-    def full(first, body, fill, dtype):
-        parts = [torch.full((1,), first, device=dev, dtype=dtype), body.to(dtype)]
-        if pad:
-            parts.append(torch.full((pad,), fill, device=dev, dtype=dtype))
-        return torch.cat(parts)
-
-    valid_all = full(True, valid, False, torch.bool)
-    is_root = torch.arange(n_nodes, device=dev) == 0
-    tok_all = torch.where(valid_all & ~is_root, full(0, tokens, 0, torch.long), root)
-    par_all = torch.where(valid_all, full(-1, parents, 0, torch.long), 0)
-    depth_all = torch.where(valid_all, full(0, depth, 0, torch.long), 0)
-    return StaticTree(
-        tokens=tok_all, parents=par_all, depth=depth_all,
-        rank=torch.where(valid_all, full(-1, rank, 0, torch.long), 0),
-        draft_logp=torch.where(valid_all, full(0.0, lp, 0.0, torch.float32), 0.0),
-        cum_logp=torch.where(valid_all, full(0.0, cum, 0.0, torch.float32), 0.0),
-        valid=valid_all, n_valid=valid_all.sum(), anc=ancestor_mask(par_all, max_depth))
+def _pads(dev, n_nodes: int, m: int):
+    """The root's entries and the padding tails of the node arrays (constants)."""
+    def make():
+        pad = n_nodes - 1 - m
+        return {"neg1": torch.full((1,), -1, dtype=torch.long, device=dev),
+                "zero": torch.zeros(1, dtype=torch.long, device=dev),
+                "zerof": torch.zeros(1, device=dev),
+                "pad": torch.zeros(pad, dtype=torch.long, device=dev),
+                "padf": torch.zeros(pad, device=dev),
+                "valid": torch.arange(n_nodes, device=dev) <= m,
+                "n_valid": torch.full((), m + 1, dtype=torch.long, device=dev)}
+    return _const(("pads", str(dev), n_nodes, m), make)
 
 
 def root_only(root: torch.Tensor, n_nodes: int) -> StaticTree:
     dev = root.device
-    e = torch.zeros(0, device=dev, dtype=torch.long)
-    f = torch.zeros(0, device=dev)
-    return _assemble(root, n_nodes, dev, e, e, e, e, f, f, torch.zeros(0, dtype=torch.bool, device=dev), 0)
+    c = _pads(dev, n_nodes, 0)
+    cat = torch.cat
+    return StaticTree(tokens=cat([root.reshape(1), root.reshape(1).expand(n_nodes - 1)]),
+                      parents=cat([c["neg1"], c["pad"]]), depth=cat([c["zero"], c["pad"]]),
+                      rank=cat([c["neg1"], c["pad"]]), draft_logp=cat([c["zerof"], c["padf"]]),
+                      cum_logp=cat([c["zerof"], c["padf"]]), valid=c["valid"], n_valid=c["n_valid"],
+                      anc=ancestor_mask(cat([c["neg1"], c["pad"]]), 0))
 
 
 def build_static(builder: str, depth_logp: torch.Tensor, root: torch.Tensor, width: int, depth: int,
@@ -155,13 +183,19 @@ def _topb(lp, tok, root, budget, n_nodes) -> StaticTree:
     cum, par, rank, toks, lps, depth = _levels(lp, tok, keep, with_root=False, n_levels=d)
     m = min(keep, cum.numel())
     order = torch.sort(cum, descending=True, stable=True).indices[:m]       # (m,) entries, best first
-    pos_of = torch.zeros(cum.numel(), device=dev, dtype=torch.long)
-    pos_of[order] = torch.arange(m, device=dev)
+    _, _, ar = _level_consts(dev, lp.shape[1], keep, d, False)
+    pos_of = torch.zeros(cum.numel(), device=dev, dtype=torch.long).index_copy_(0, order, ar[:m])
     p = par[order]
     parents = torch.where(p < 0, 0, pos_of[p.clamp(min=0)] + 1)
-    valid = torch.ones(m, dtype=torch.bool, device=dev)
-    return _assemble(root, n_nodes, dev, toks[order], parents, depth[order], rank[order], lps[order],
-                     cum[order], valid, d)
+    c = _pads(dev, n_nodes, m)
+    cat = torch.cat
+    par_all = cat([c["neg1"], parents, c["pad"]])
+    return StaticTree(tokens=cat([root.reshape(1), toks[order], root.reshape(1).expand(n_nodes - 1 - m)]),
+                      parents=par_all, depth=cat([c["zero"], depth[order], c["pad"]]),
+                      rank=cat([c["neg1"], rank[order], c["pad"]]),
+                      draft_logp=cat([c["zerof"], lps[order], c["padf"]]),
+                      cum_logp=cat([c["zerof"], cum[order], c["padf"]]),
+                      valid=c["valid"], n_valid=c["n_valid"], anc=ancestor_mask(par_all, d))
 
 
 def _expand(lp, tok, root, budget, n_nodes, fan) -> StaticTree:
@@ -174,7 +208,7 @@ def _expand(lp, tok, root, budget, n_nodes, fan) -> StaticTree:
     else:
         keep = math.ceil((budget - 1) / k)
     # expandable entries: the root and the kept nodes of depths 1..d−1
-    cum, par, rank, toks, _, depth = _levels(lp, tok, keep, with_root=True, n_levels=d - 1)
+    cum, par, rank, _, _, depth = _levels(lp, tok, keep, with_root=True, n_levels=d - 1)
     e = min(keep, cum.numel())
     order = torch.sort(cum, descending=True, stable=True).indices[:e]       # expansion (pop) order
     ok = torch.isfinite(cum[order])
@@ -185,27 +219,29 @@ def _expand(lp, tok, root, budget, n_nodes, fan) -> StaticTree:
     jj = torch.arange(k, device=dev)
     made = jj[None, :] < count[:, None]                                     # (E, K) child exists
     flat = made.reshape(-1)
-    node = 1 + torch.cumsum(flat.long(), 0) - flat.long()                   # node index of each slot
+    node = torch.cumsum(flat.long(), 0)                                     # node index of each slot
     # node index of each expanded entry: the root is 0, else the slot (its parent's expansion, its rank)
-    pos_of = torch.zeros(cum.numel(), device=dev, dtype=torch.long)
-    pos_of[order] = torch.arange(e, device=dev)
+    pos_of = torch.zeros(cum.numel(), device=dev, dtype=torch.long).index_copy_(
+        0, order, torch.arange(e, device=dev))
     p = par[order]
     own_slot = (pos_of[p.clamp(min=0)] * k + rank[order].clamp(min=0)).clamp(max=e * k - 1)
     own = torch.where(p < 0, 0, node[own_slot])                             # (E,)
-    c_lp = lp[dep]                                                          # (E, K)
-    c_tok = tok[dep]
-    c_cum = cum[order][:, None] + c_lp
     m = n_nodes - 1
     dst = torch.where(flat, node - 1, m)                                    # m = dump slot
+    c_lp = lp[dep]                                                          # (E, K)
 
-    def scatter(values, dtype, fill=0):
+    def scatter(values, dtype, fill):
         out = torch.full((m + 1,), fill, device=dev, dtype=dtype)
-        out[dst] = values.reshape(-1).to(dtype)
-        return out[:m]
+        return out.index_put_((dst,), values.reshape(-1).to(dtype))[:m]
 
-    valid = scatter(flat, torch.bool, False)
-    return _assemble(root, n_nodes, dev, scatter(c_tok, torch.long),
-                     scatter(own[:, None].expand(e, k), torch.long),
-                     scatter((dep + 1)[:, None].expand(e, k), torch.long),
-                     scatter(jj[None, :].expand(e, k), torch.long),
-                     scatter(c_lp, torch.float32), scatter(c_cum, torch.float32), valid, d)
+    c = _pads(dev, n_nodes, 0)
+    cat = torch.cat
+    valid = cat([c["valid"][:1], scatter(flat, torch.bool, False)])        # root first
+    par_all = cat([c["neg1"], scatter(own[:, None].expand(e, k), torch.long, 0)])
+    return StaticTree(
+        tokens=torch.where(valid, cat([root.reshape(1), scatter(tok[dep], torch.long, 0)]), root),
+        parents=par_all, depth=cat([c["zero"], scatter((dep + 1)[:, None].expand(e, k), torch.long, 0)]),
+        rank=cat([c["neg1"], scatter(jj[None, :].expand(e, k), torch.long, 0)]),
+        draft_logp=cat([c["zerof"], scatter(c_lp, torch.float32, 0.0)]),
+        cum_logp=cat([c["zerof"], scatter(cum[order][:, None] + c_lp, torch.float32, 0.0)]),
+        valid=valid, n_valid=flat.sum() + 1, anc=ancestor_mask(par_all, d))

@@ -31,7 +31,7 @@ from ..target import Target
 from .fused import Fused
 from .gpu_tree import StaticTree, build_static
 from .graphs import Clock, Step
-from .static_model import Attention, StaticHead, StaticTarget, pick_tree_attention
+from .static_model import Attention, StaticHead, StaticTarget, pick_tree_attention, spans_devices
 
 BUCKETS = (1, 16, 32, 64, 128, 256)
 CAPACITY_STEP = 256
@@ -63,7 +63,8 @@ class _State:
     def __init__(self, dec: "FastDecoder", capacity: int):
         t = dec.target
         self.capacity = capacity
-        self.st = StaticTarget(t.model, capacity, dec.taps, dec.fused, Attention(dec.kernel))
+        self.st = StaticTarget(t.model, capacity, dec.taps, dec.fused, Attention(dec.kernel),
+                               per_layer=dec.per_layer)
         self.sh = StaticHead(dec.head, self.st) if dec.head is not None else None
         dev = t.device
         self.prefix = torch.zeros((), dtype=torch.long, device=dev)
@@ -100,7 +101,7 @@ class FastDecoder(Decoder):
     'sdpa'; fused: 'auto' (Triton RMSNorm/SiLU on CUDA) or 'torch'."""
 
     def __init__(self, target: Target, drafter: Drafter | None = None, *, graphs: bool | None = None,
-                 capacity: int = 1024, attention: str = "auto", fused: str = "auto"):
+                 capacity: int = 1024, attention: str = "auto", fused: str = "auto", per_layer: bool = False):
         super().__init__(target, drafter)
         dev = target.device
         self.head = drafter.head if isinstance(drafter, HeadDrafter) else None
@@ -108,12 +109,14 @@ class FastDecoder(Decoder):
         self.taps = tuple(drafter.taps) if drafter is not None else ()
         self.max_depth = drafter.max_depth if drafter is not None else 0
         self.d1 = self.max_depth + 1                     # path slots: root + one per depth
-        self.graphs = (dev.type == "cuda") if graphs is None else bool(graphs)
-        if self.graphs and dev.type != "cuda":
-            raise JetSpecError("CUDA graphs need a CUDA device")
+        self.spread = spans_devices(target.model)       # an HF device_map over several GPUs
+        self.graphs = (dev.type == "cuda" and not self.spread) if graphs is None else bool(graphs)
+        if self.graphs and (dev.type != "cuda" or self.spread):
+            raise JetSpecError("CUDA graphs need the whole target on one CUDA device")
         self.fused = Fused(dev, target.model.dtype, force="torch" if fused == "torch" else None)
         self.kernel, self.attention_note = pick_tree_attention(dev, force="sdpa" if attention == "sdpa" else None)
         self.min_capacity = capacity
+        self.per_layer = per_layer            # per-layer caches (forced: tests of the device_map path)
         self.capture_error: str | None = None
         self.state: _State | None = None
         self.syncs = 0           # host waits on the device during rounds (one per round)
@@ -124,6 +127,7 @@ class FastDecoder(Decoder):
     def describe(self) -> dict:
         return {"engine": "fast", "graphs": self.graphs, "capture_error": self.capture_error,
                 "attention": self.attention_note,
+                "fp32_logits": bool(self.state.st.fp32_logits) if self.state else None,
                 "fused": self.fused.kind + (f" ({self.fused.note})" if self.fused.note else ""),
                 "capacity": self.state.capacity if self.state else self.min_capacity}
 
@@ -219,9 +223,7 @@ class FastDecoder(Decoder):
         lse = torch.logsumexp(logits, dim=-1)
         tprob = torch.where(ar == 0, 1.0, torch.exp(logits[par0, tb.tokens] - lse[par0]))
         if speculative:
-            src, dst = s.prefix + path, s.prefix + s.st.ar[:self.d1]
-            for cache in (s.st.k, s.st.v):
-                cache.index_copy_(2, dst, cache.index_select(2, src))
+            s.st.move_rows(s.prefix + path, s.prefix + s.st.ar[:self.d1])
             if s.sh is not None:
                 s.sh.append(hidden[path], s.prefix)
         new_prefix = s.prefix + plen
@@ -309,6 +311,9 @@ class FastDecoder(Decoder):
     def stream(self, prompt_ids: list[int], cfg: DecodeConfig) -> Iterator[RoundRecord]:
         """Yield one RoundRecord per round until EOS or max_new_tokens (see `Decoder.stream`)."""
         if not self.supports(cfg):
+            if self.spread:
+                raise JetSpecError("sampling (temperature > 0) is not supported for a target spread over "
+                                   "several devices yet; use temperature 0")
             yield from super().stream(prompt_ids, cfg)
             return
         self.check(prompt_ids, cfg)

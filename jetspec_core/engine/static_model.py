@@ -143,6 +143,25 @@ class Attention:
         return o[0].reshape(hq, n, d).transpose(0, 1).reshape(n, hq * d)
 
 
+def spans_devices(model: torch.nn.Module) -> bool:
+    """Whether the model's weights sit on more than one device (an HF device_map)."""
+    return len({p.device for p in model.parameters()}) > 1
+
+
+def _mm_fp32_works(w: torch.Tensor) -> bool:
+    """Whether `torch.mm(x, w.t(), out_dtype=torch.float32)` runs here and matches an fp32
+    product (CUDA, 16-bit weights); otherwise logits are rounded to the weight dtype first."""
+    if w.device.type != "cuda" or w.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    try:
+        x = torch.randn(3, w.shape[1], device=w.device, generator=torch.Generator(device=w.device).manual_seed(0)).to(w.dtype)
+        got = torch.mm(x, w[:64].t(), out_dtype=torch.float32)
+        ref = x.float() @ w[:64].float().t()
+        return got.dtype == torch.float32 and bool(torch.allclose(got, ref, atol=1e-2, rtol=1e-2))
+    except (RuntimeError, TypeError):
+        return False
+
+
 @dataclass
 class _Layer:
     ln1: torch.Tensor
@@ -160,12 +179,16 @@ class StaticTarget:
     """The target's forward with a static KV cache of `capacity` rows (see the module doc)."""
 
     def __init__(self, model: TargetModel, capacity: int, taps: tuple[int, ...] = (),
-                 fused: Fused | None = None, attention: Attention | None = None):
+                 fused: Fused | None = None, attention: Attention | None = None, per_layer: bool = False):
         s = model.shape
         self.model, self.shape, self.taps = model, s, tuple(taps)
         self.capacity = capacity
         dev, dt = model.device, model.dtype
         self.device, self.dtype = dev, dt
+        # a target spread over devices (HF device_map) keeps one K/V tensor per layer, on the
+        # layer's device, and moves activations between layers (eager: no CUDA graphs then)
+        self.layer_dev = [w["input_layernorm_weight"].device for w in model.layers]
+        self.per_layer = per_layer or spans_devices(model)
         self.fused = fused or Fused(dev, dt, force="torch")
         self.attention = attention or Attention()
         self.layers = []
@@ -181,11 +204,34 @@ class StaticTarget:
                 down=w["mlp_down_proj_weight"].data,
                 q_norm=w["self_attn_q_norm_weight"].data if model.qk_norm else None,
                 k_norm=w["self_attn_k_norm_weight"].data if model.qk_norm else None))
-        size = (s.num_layers, s.num_kv_heads, capacity, s.head_dim)
-        self.k = torch.zeros(size, device=dev, dtype=dt)
-        self.v = torch.zeros(size, device=dev, dtype=dt)
+        size = (s.num_kv_heads, capacity, s.head_dim)
+        if self.per_layer:
+            self.k = [torch.zeros(size, device=d, dtype=dt) for d in self.layer_dev]
+            self.v = [torch.zeros(size, device=d, dtype=dt) for d in self.layer_dev]
+        else:  # one (L, Hkv, S, D) tensor: a commit moves rows of every layer in one op
+            self.k = torch.zeros((s.num_layers, *size), device=dev, dtype=dt)
+            self.v = torch.zeros((s.num_layers, *size), device=dev, dtype=dt)
         self.ar = torch.arange(capacity, device=dev)
         self.cos, self.sin = rope_table(capacity, s.head_dim, s.rope_theta, dev, dt)
+        self.fp32_logits = _mm_fp32_works(model.lm_head)
+
+    def move_rows(self, src: torch.Tensor, dst: torch.Tensor) -> None:
+        """Copy cache rows src → dst in every layer (the commit of accepted tree rows)."""
+        if not self.per_layer:
+            for cache in (self.k, self.v):
+                cache.index_copy_(2, dst, cache.index_select(2, src))
+            return
+        for k, v in zip(self.k, self.v):
+            s_, d_ = src.to(k.device), dst.to(k.device)
+            k.index_copy_(1, d_, k.index_select(1, s_))
+            v.index_copy_(1, d_, v.index_select(1, s_))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Final-normed hidden (N, H) → logits (N, V) fp32. In bf16/fp16 on CUDA the product is
+        written in fp32 (not rounded to 16 bits first), so near-ties are not made exact ties."""
+        if self.fp32_logits:
+            return torch.mm(hidden, self.model.lm_head.t(), out_dtype=torch.float32)
+        return F.linear(hidden, self.model.lm_head).float()
 
     def forward(self, ids: torch.Tensor, depth: torch.Tensor, anc: torch.Tensor, prefix: torch.Tensor,
                 logits: bool = True, attention: Attention | None = None
@@ -200,12 +246,22 @@ class StaticTarget:
         n = ids.shape[0]
         hq, hkv, d = s.num_heads, s.num_kv_heads, s.head_dim
         pos = prefix + depth
-        rows = prefix + self.ar[:n]
-        cos, sin = self.cos[pos], self.sin[pos]                       # (N, D)
-        prep = attn.prepare(prefix, anc, self.ar, hq // hkv, self.dtype)
+
+        def per_device(dev):  # rows, rope, attention inputs (once per device of the layers)
+            pre, an, ar = prefix.to(dev), anc.to(dev), self.ar.to(dev)
+            p = pos.to(dev)
+            return (pre + ar[:n], self.cos.to(dev)[p], self.sin.to(dev)[p],
+                    attn.prepare(pre, an, ar, hq // hkv, self.dtype))
+
+        consts = {self.device: per_device(self.device)}
         x = F.embedding(ids, self.model.embed)                         # (N, H)
         tapped = {}
         for li, w in enumerate(self.layers):
+            if self.per_layer and self.layer_dev[li] != x.device:
+                x = x.to(self.layer_dev[li])
+                if x.device not in consts:
+                    consts[x.device] = per_device(x.device)
+            rows, cos, sin, prep = consts[x.device]                    # (N,), (N, D), (N, D)
             h = f.rms_norm(x, w.ln1, s.rms_norm_eps)
             qkv = F.linear(h, w.qkv, w.qkv_b).view(n, hq + 2 * hkv, d)  # (N, Hq+2Hkv, D)
             qk, v = qkv[:, :hq + hkv], qkv[:, hq + hkv:]
@@ -221,10 +277,11 @@ class StaticTarget:
             x = torch.addmm(x, f.silu_mul(F.linear(h, w.gu)), w.down.t())
             if li in self.taps:
                 tapped[li] = x
-        hidden = torch.cat([tapped[t] for t in self.taps], dim=-1) if self.taps else None
+        hidden = torch.cat([tapped[t].to(self.device) for t in self.taps], dim=-1) if self.taps else None
         if not logits:
             return None, hidden
-        return F.linear(f.rms_norm(x, self.model.norm, s.rms_norm_eps), self.model.lm_head).float(), hidden
+        x = x.to(self.model.norm.device)
+        return self.logits(f.rms_norm(x, self.model.norm, s.rms_norm_eps)).to(self.device), hidden
 
 
 class StaticHead:
