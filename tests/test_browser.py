@@ -191,7 +191,8 @@ def _flow(page, log):
     assert len(run["token_ids"]) == 8 and len(run["rounds_trace"]) == run["rounds"]
     assert run["rounds_trace"][0]["tokens"] and "accepted" in run["rounds_trace"][0]
 
-    # 7. budget sweep: τ and tokens/s for budgets 8..256
+    # 7. budget sweep: τ and tokens/s for budgets 8..256 (4 new tokens each, to keep CI short)
+    set_number(page, "max-new-tokens", 4)
     page.click("#sweep")
     sweep = wait_plot(page, "sweep-plot", "d.data.length >= 2 && d.data[0].x && d.data[0].x.length === 6")
     assert sweep["traces"][0]["name"] == "τ" and sweep["traces"][1]["name"] == "tokens/s"

@@ -23,12 +23,12 @@ def tiny():
 @pytest.fixture(scope="module")
 def rounds(tiny):
     """Recorded rounds of three builders (accum_logp, topb, top2gap) plus a plain run."""
-    plain = list(Decoder(tiny).stream(PROMPT, DecodeConfig(mode="plain", max_new_tokens=40, stop_at_eos=False)))
+    plain = list(Decoder(tiny).stream(PROMPT, DecodeConfig(mode="plain", max_new_tokens=28, stop_at_eos=False)))
     cont = [t for r in plain for t in r.new_tokens]
     out = {"plain": plain}
     for builder in ("accum_logp", "topb", "top2gap"):
         dec = Decoder(tiny, OracleDrafter(len(PROMPT), cont, tiny.shape.vocab_size))
-        cfg = DecodeConfig(budget=24, builder=builder, max_new_tokens=40, stop_at_eos=False)
+        cfg = DecodeConfig(budget=24, builder=builder, max_new_tokens=28, stop_at_eos=False)
         out[builder] = list(dec.stream(PROMPT, cfg))
     assert max(r.accept_len for r in out["accum_logp"]) >= 3, "the oracle should give long accepted paths"
     return out
