@@ -130,6 +130,20 @@ def test_bad_input_table_gets_clear_messages_and_server_stays_up(client, url):
     assert generate(client, prompt=PROMPT, max_new_tokens=2)["token_ids"], "a normal request right after works"
 
 
+def test_listens_on_localhost_and_serves_no_files(url):
+    import urllib.error
+    from urllib.parse import urlparse
+
+    port = urlparse(url).port
+    listening = [ln.split()[1] for ln in open("/proc/net/tcp").read().splitlines()[1:]
+                 if ln.split()[3] == "0A" and int(ln.split()[1].split(":")[1], 16) == port]
+    assert listening == [f"0100007F:{port:04X}"], listening  # 127.0.0.1 only
+    for path in ("/etc/passwd", str(ROOT / "app.py"), "app.py", "..%2F..%2Fetc%2Fpasswd"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(url + "gradio_api/file=" + path, timeout=30)
+        assert e.value.code in (403, 404), path
+
+
 def test_load_script_8_sessions_x_3_requests(url):
     r = subprocess.run([sys.executable, "tests/load_app.py", "--url", url, "--head", "random", "--json",
                         "--max-new-tokens", "4"], cwd=ROOT, capture_output=True, text=True, timeout=900)
