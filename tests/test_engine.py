@@ -115,7 +115,7 @@ def test_embedded_engine_plain_equals_hf_generate(embedded_hf, plain_refs):
 def test_embedded_engine_jetspec_equals_engine_plain(embedded, plain_refs):
     vocab = embedded.shape.vocab_size
     head_dec = FastDecoder(embedded, HeadDrafter(random_head(embedded), embedded.model))
-    for ids, toks in plain_refs:
+    for ids, toks in plain_refs[:2]:
         s, _ = _gen(head_dec, ids, 16, budget=16, builder="topb")
         assert s.token_ids == toks
         s, recs = _gen(FastDecoder(embedded, OracleDrafter(len(ids), toks, vocab)), ids, 16, budget=32)
