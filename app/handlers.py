@@ -7,6 +7,7 @@ Generators yield one tuple in the order of `OUTPUTS`; `ui.py` wires components i
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 import traceback
@@ -42,7 +43,7 @@ def user_errors(fn: Callable) -> Callable:
         return gr.Error(f"internal error ({type(e).__name__}); the server log has the details. "
                         "Try again or change the settings.", print_exception=False)
 
-    if hasattr(fn, "__code__") and fn.__code__.co_flags & 0x20:  # a generator function
+    if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def gen_wrapper(*a, **k):
             try:
