@@ -99,7 +99,8 @@ def _load(spec: dict):
 
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
-    return load_decoder(spec["target"], spec["head"], spec["device"], spec["dtype"], spec["trust_remote_code"])
+    return load_decoder(spec["target"], spec["head"], spec["device"], spec["dtype"], spec["trust_remote_code"],
+                        engine=spec.get("engine", "auto"))
 
 
 def _worker(spec: dict, jobs, results) -> None:
@@ -107,7 +108,7 @@ def _worker(spec: dict, jobs, results) -> None:
     try:
         loaded = _load(spec)
         _warmup(loaded, spec["configs"])
-        results.put(("ready", loaded.head_desc, loaded.target.name))
+        results.put(("ready", loaded.head_desc, loaded.target.name, type(loaded.decoder).__name__))
         while True:
             job = jobs.get()
             if job is None:
@@ -137,7 +138,7 @@ def run_jobs(jobs: list[Job], spec: dict, workers: int = 1, time_limit_s: float 
         loaded = _load(spec)
         _warmup(loaded, configs)
         facts = {"head": loaded.head_desc, "target": loaded.target.name, "skipped": 0,
-                 "device": str(loaded.target.device)}
+                 "device": str(loaded.target.device), "decoder": type(loaded.decoder).__name__}
         for job in jobs:
             if spec["deadline"] is not None and time.time() > spec["deadline"]:
                 facts["skipped"] += 1
@@ -148,9 +149,9 @@ def run_jobs(jobs: list[Job], spec: dict, workers: int = 1, time_limit_s: float 
         return rows, facts
     import multiprocessing as mp
 
-    from ..loading import load_decoder
+    from ..target import load_target
 
-    load_decoder(spec["target"], "none", "cpu", "float32", spec["trust_remote_code"])  # builds a model cache once
+    load_target(spec["target"], "cpu", "float32", spec["trust_remote_code"])  # builds the model cache once
     ctx = mp.get_context("spawn")
     jq, rq = ctx.Queue(), ctx.Queue()
     spec["threads"] = max(1, (os.cpu_count() or 1) // workers)
@@ -171,7 +172,7 @@ def run_jobs(jobs: list[Job], spec: dict, workers: int = 1, time_limit_s: float 
         elif kind == "skipped":
             facts["skipped"] += 1
         elif kind == "ready":
-            facts["head"], facts["target"] = payload, more[0]
+            facts["head"], facts["target"], facts["decoder"] = payload, more[0], more[1]
         elif kind == "error":
             error = error or payload
         elif kind == "done":

@@ -13,6 +13,7 @@ import datetime as _dt
 import importlib
 import json
 import platform
+import random
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,7 @@ def add_accept_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-limit", type=float, default=None,
                    help="seconds; prompts not started by then are skipped (and reported as skipped)")
     p.add_argument("--out", default=None, help="output folder (default runs/bench-<time>)")
+    p.add_argument("--engine", default="auto", help="auto (graphed engine on CUDA, reference on CPU), fast, reference")
     p.add_argument("--no-report", action="store_true", help="write only results.json")
     p.add_argument("--no-progress", action="store_true")
     add_model_args(p)
@@ -62,11 +64,15 @@ def _jobs(a: argparse.Namespace):
                         top_p=a.top_p, seed=a.seed)
     configs = named_configs(base, a.budget, a.chain)
     prompts = {name: spread(load_dataset(name, a.data_dir), a.limit) for name in a.dataset}
+    pairs = [(name, p) for name in a.dataset for p in prompts[name]]
+    random.Random(a.seed).shuffle(pairs)  # a time limit then cuts a random subset, not the last category
     jobs = []
-    for cname, cfg in configs:  # runs in this order: a time limit cuts the later configs first
-        for name in a.dataset:
-            for p in prompts[name]:
-                jobs.append(Job(len(jobs), name, cname, cfg, p))
+    for cname, cfg in configs[:1]:  # the first config runs on everything first ...
+        for name, p in pairs:
+            jobs.append(Job(len(jobs), name, cname, cfg, p))
+    for name, p in pairs:  # ... then the others side by side, so any cut leaves them the same prompts
+        for cname, cfg in configs[1:]:
+            jobs.append(Job(len(jobs), name, cname, cfg, p))
     return jobs, configs, prompts
 
 
@@ -77,7 +83,7 @@ def cmd_accept(a: argparse.Namespace) -> int:
     out = Path(a.out or f"runs/bench-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     spec = {"target": a.target, "head": a.head, "device": a.device, "dtype": a.dtype,
-            "trust_remote_code": a.trust_remote_code, "chat": not a.no_chat}
+            "trust_remote_code": a.trust_remote_code, "chat": not a.no_chat, "engine": a.engine}
     t0 = time.perf_counter()
     rows, facts = run_jobs(jobs, spec, a.workers, a.time_limit, progress=not a.no_progress)
     runs = []
@@ -89,7 +95,7 @@ def cmd_accept(a: argparse.Namespace) -> int:
                          "prompt_count": len(prompts[name]), "prompts": mine})
     meta = {"date": _dt.datetime.now().isoformat(timespec="seconds"), "command": " ".join(sys.argv),
             "host": platform.node(), "python": platform.python_version(), "wall_s": round(time.perf_counter() - t0, 1),
-            "workers": a.workers, "chat": not a.no_chat, **facts, **_device_facts(facts.get("device", ""))}
+            "workers": a.workers, "chat": not a.no_chat, "engine": a.engine, **facts, **_device_facts(facts.get("device", ""))}
     results = {"meta": meta, "runs": runs}
     (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     if not a.no_report:
