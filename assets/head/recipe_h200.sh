@@ -12,9 +12,9 @@ mkdir -p "$W" "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
 python3 -m jetspec_core train data --prompts .jwdata/prompts.jsonl --out "$W/data.safetensors" \
-    --max-new-tokens 320 --batch-size 1024 --time-limit 100 --device cuda --dtype bfloat16
+    --max-new-tokens 320 --batch-size 1024 --time-limit 90 --device cuda --dtype bfloat16
 python3 -m jetspec_core train fit --data "$W/data.safetensors" --out "$W/run" --layers 1 2 3 \
-    --time-limit 210 --batch-size 16 --anchors 32 --eval-every 500 --device cuda --dtype bfloat16
+    --time-limit 190 --batch-size 16 --anchors 32 --eval-every 500 --device cuda --dtype bfloat16
 cp "$W/run/train_report.json" "$OUT/"
 cp "$W/run/head/config.json" "$OUT/head_config.json"
 split -b 15000000 "$W/run/head/model.safetensors" "$OUT/head.part_"
