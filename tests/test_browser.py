@@ -51,9 +51,16 @@ def open_page(browser, url):
 
 
 def set_number(page, elem_id: str, value) -> None:
+    """Type into a slider's or number's box; retried, since a component that is still mounting
+    (an accordion just opened) can drop the first value."""
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
+    for _ in range(20):
+        box.fill(str(value))
+        box.press("Enter")
+        page.wait_for_timeout(200)
+        if box.input_value() == str(value):
+            return
+    raise AssertionError(f"#{elem_id} did not take the value {value}")
 
 
 def generate(page) -> str:
@@ -115,6 +122,9 @@ def _flow(page, log):
     shipped = (DEFAULT_HEAD / "model.safetensors").is_file()
     banners = page.inner_text("#banners")
     assert ("no trained head" in banners) != shipped and "device: cpu" in banners
+    page.click("text=Sampling and length")  # open the accordion first: its fields mount lazily
+    page.wait_for_selector("#seed input[type=number]")
+    page.wait_for_timeout(1000)
 
     # bad input answers with a visible message and the page stays usable
     page.click("#generate")
@@ -123,7 +133,6 @@ def _flow(page, log):
     page.click("#generate")
     page.wait_for_selector(".toast-body:has-text('tokens long; this server takes at most')")
     page.fill("#prompt textarea", PROMPT)
-    page.click("text=Sampling and length")
     set_number(page, "seed", -3)
     page.click("#generate")
     page.wait_for_selector(".toast-body:has-text('seed must be a non-negative integer, got -3')")
