@@ -167,6 +167,9 @@ def test_resume_continues_exactly(tiny_setup, tmp_path):
     resumed.run()
     for (name, x), (_, y) in zip(straight.heads[1].state_dict().items(), resumed.heads[1].state_dict().items()):
         torch.testing.assert_close(x, y, atol=0, rtol=0, msg=name)
+    longer = Trainer(hf, data, _cfg(steps=8), 96, tmp_path / "b", progress=False)
+    assert longer.load_checkpoint() and longer.total_steps == 8  # a finished run continues with more steps
+    assert longer.run()["step"] == 8
     other = Trainer(hf, data, _cfg(steps=6, layers=(2,)), 96, tmp_path / "b", progress=False)
     with pytest.raises(JetSpecError, match="checkpoint .* is for layers"):
         other.load_checkpoint()

@@ -305,6 +305,8 @@ class Trainer:
             h.load_state_dict(state["heads"][str(L)])
             self.opts[L].load_state_dict(state["opts"][str(L)])
         self.step, self.total_steps = int(state["step"]), int(state["total_steps"])
+        if self.step >= self.total_steps and self.cfg.steps > self.step:
+            self.total_steps = self.cfg.steps  # a finished run given more --steps: continue (LR restarts)
         self.log, self.evals = json.loads(state["log"]), json.loads(state["evals"])
         return True
 
