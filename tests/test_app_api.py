@@ -227,6 +227,39 @@ def test_shared_engine_serves_one_request_at_a_time(loaded, studio):
     assert fast.run("jetspec", ids[0], cfg).token_ids == refs[0]
 
 
+@pytest.mark.gpu
+def test_shared_graphed_engine_on_gpu():
+    """On CUDA the app shares one graphed FastDecoder: requests from several threads (as Gradio
+    runs them) and a stopped stream still give the reference decoder's answers."""
+    from conftest import tiny_hf
+    from jetspec_core.drafter import HeadDrafter
+    from jetspec_core.loading import Loaded, make_decoder, random_head
+    from jetspec_core.target import target_from_hf
+
+    from app.session import Run, Studio
+
+    t = target_from_hf(tiny_hf("llama").to("cuda"))
+    head = random_head(t)
+    fast = Studio(Loaded(t, make_decoder(t, HeadDrafter(head, t.model), "auto"), "random"))
+    ref = Studio(Loaded(t, make_decoder(t, HeadDrafter(head, t.model), "reference"), "random"))
+    assert fast.engine is not None and fast.defaults.budget == 128
+    prompts = [[1, 2, 3, 4, 5], [7, 8, 9], [11, 12, 13, 14]]
+    for mode, budget in (("plain", 1), ("jetspec", 16), ("jetspec", 64)):
+        cfg = fast.config(mode, budget=budget, max_new_tokens=32)
+        refs = [ref.run(mode, p, cfg).token_ids for p in prompts]
+        runs = [Run(mode, cfg, p) for p in prompts]
+        threads = [threading.Thread(target=lambda r=r: list(fast.stream(r))) for r in runs]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        assert [r.token_ids for r in runs] == refs, (mode, budget)
+        gen = fast.stream(Run(mode, cfg, prompts[0]))
+        next(gen)
+        gen.close()
+        assert fast.run(mode, prompts[0], cfg).token_ids == refs[0] and not fast._engine_lock.locked()
+
+
 def test_cancel_mid_stream_then_generate_equals_fresh_run(studio):
     from app.session import Run
 
