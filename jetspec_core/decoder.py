@@ -91,6 +91,19 @@ def summarize(mode: str, records: list[RoundRecord], prefill_s: float) -> Summar
         time_split=split, finished=records[-1].finished if records else None)
 
 
+def cut_new_tokens(new: list[int], eos: frozenset[int], room: int) -> tuple[list[int], str | None]:
+    """Cut a round's tokens after the first EOS and to the `room` left under max_new_tokens;
+    returns the tokens to commit and why generation finished ("eos", "length" or None)."""
+    finished = None
+    for j, t in enumerate(new):
+        if t in eos:
+            new, finished = new[: j + 1], "eos"
+            break
+    if len(new) >= room:
+        new, finished = new[:room], finished or "length"
+    return new, finished
+
+
 class Decoder:
     """Drives one target (and optionally a drafter) through rounds. Holds no per-request state
     between calls of `stream`, so one Decoder may serve requests one after another."""
@@ -167,15 +180,8 @@ class Decoder:
                 acc = accept_sampled(tree, warp(logits, cfg.temperature, cfg.top_k, cfg.top_p), gen)
             target_prob = torch.softmax(logits, -1)[tree.parents.clamp(min=0).to(dev), tree.tokens.to(dev)]
             target_prob[0] = 1.0
-            new = [int(tree.tokens[i]) for i in acc.path[1:]] + [acc.bonus]
-            finished = None
-            for j, t in enumerate(new):
-                if t in eos:
-                    new, finished = new[: j + 1], "eos"
-                    break
-            room = cfg.max_new_tokens - generated
-            if len(new) >= room:
-                new, finished = new[:room], finished or "length"
+            new, finished = cut_new_tokens([int(tree.tokens[i]) for i in acc.path[1:]] + [acc.bonus],
+                                           eos, cfg.max_new_tokens - generated)
             # -- commit: root + accepted nodes whose tokens are now committed move into the cache
             keep = torch.tensor(acc.path[: len(new)], device=dev)
             backend.compact(cache, keep)

@@ -41,23 +41,11 @@ def embedded_hf(embedded):
     from transformers import LlamaForCausalLM
 
     hf = LlamaForCausalLM(embedded.hf_config)
-    state = {k: v for k, v in _hf_state(embedded).items()}
-    hf.load_state_dict(state, strict=False)
+    from jetspec_core.train.teacher import hf_state_from_target
+
+    hf.load_state_dict(hf_state_from_target(embedded), strict=False)
     hf.tie_weights()
     return hf.eval()
-
-
-def _hf_state(target):
-    m = target.model
-    state = {"model.embed_tokens.weight": m.embed, "model.norm.weight": m.norm}
-    for i, layer in enumerate(m.layers):
-        for name, p in layer.items():
-            dotted = name.replace("_weight", ".weight").replace("_bias", ".bias")
-            dotted = dotted.replace("self_attn_", "self_attn.").replace("mlp_", "mlp.")
-            state[f"model.layers.{i}.{dotted}"] = p
-    if m.lm_head is not m.embed:
-        state["lm_head.weight"] = m.lm_head
-    return state
 
 
 def hf_greedy(hf, ids: list[int], n: int) -> list[int]:

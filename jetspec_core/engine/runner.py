@@ -24,7 +24,7 @@ from typing import Iterator
 import torch
 
 from ..config import DecodeConfig
-from ..decoder import Decoder, RoundRecord
+from ..decoder import Decoder, RoundRecord, cut_new_tokens
 from ..drafter import Drafter, HeadDrafter
 from ..errors import JetSpecError
 from ..target import Target
@@ -342,15 +342,8 @@ class FastDecoder(Decoder):
             o += d1
             tokens, parents, depth, rank, top = (ints[o + i * nb: o + i * nb + nv] for i in range(5))
             draft_logp, cum_logp, tprob, match = (fl[1 + i * nb: 1 + i * nb + nv] for i in range(4))
-            new = [tokens[i] for i in path[1:]] + [bonus]
-            finished = None
-            for j, t in enumerate(new):
-                if t in eos:
-                    new, finished = new[: j + 1], "eos"
-                    break
-            room = cfg.max_new_tokens - generated
-            if len(new) >= room:
-                new, finished = new[:room], finished or "length"
+            new, finished = cut_new_tokens([tokens[i] for i in path[1:]] + [bonus], eos,
+                                           cfg.max_new_tokens - generated)
             committed += new
             generated += len(new)
             rec = RoundRecord(
