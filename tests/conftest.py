@@ -48,6 +48,27 @@ def embedded_hf(embedded):
     return hf.eval()
 
 
+def run_cli(capsys, *args):
+    """Run the CLI in-process (no interpreter start-up); returns (exit code, stdout, stderr)."""
+    from jetspec_core.cli import main
+
+    try:
+        rc = main(list(args))
+    except SystemExit as e:  # argparse: --help and usage errors
+        rc = e.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def one_line_error(res, message):
+    """The CLI failed with exit code 2 and exactly one `error:` line containing `message`."""
+    rc, _, err = res
+    assert rc == 2, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and message in lines[0], err
+    assert "Traceback" not in err
+
+
 def hf_greedy(hf, ids: list[int], n: int) -> list[int]:
     with torch.no_grad():
         out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),

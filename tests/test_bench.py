@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import one_line_error, run_cli
+
 from jetspec_core.bench.accept import named_configs, summarize_rows
 from jetspec_core.bench.datasets import dataset_path, load_dataset, spread
 from jetspec_core.config import DecodeConfig
@@ -14,25 +16,6 @@ from jetspec_core.errors import JetSpecError
 from jetspec_core.loading import DEFAULT_HEAD
 
 HAS_HEAD = (DEFAULT_HEAD / "model.safetensors").is_file()
-
-
-def _cli(capsys, *args):
-    from jetspec_core.cli import main
-
-    try:
-        rc = main(list(args))
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line_error(res, message):
-    rc, _, err = res
-    assert rc == 2, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], err
-    assert "Traceback" not in err
 
 
 # -- datasets -----------------------------------------------------------------------------------
@@ -94,11 +77,11 @@ def test_report_html(tmp_path, capsys):
         {"dataset": "mtbench", "config_name": n, "summary": summarize_rows(rows), "prompts": rows}
         for n in ("accum_logp-b32", "chain")]}
     (tmp_path / "results.json").write_text(json.dumps(results))
-    rc, out, _ = _cli(capsys, "bench", "report", str(tmp_path / "results.json"))
+    rc, out, _ = run_cli(capsys, "bench", "report", str(tmp_path / "results.json"))
     html = (tmp_path / "report.html").read_text()
     assert rc == 0 and "plotly" in html.lower() and "accum_logp-b32" in html and "Rounds that accepted" in html
     (tmp_path / "empty.json").write_text("{}")
-    _one_line_error(_cli(capsys, "bench", "report", str(tmp_path / "empty.json")), "hold no runs")
+    one_line_error(run_cli(capsys, "bench", "report", str(tmp_path / "empty.json")), "hold no runs")
 
 
 # -- CLI: dispatch and bad input ----------------------------------------------------------------
@@ -107,19 +90,19 @@ def test_bench_dispatches_speed_and_kernels(monkeypatch, capsys):
     fake = types.ModuleType("jetspec_core.bench.speed")
     fake.main = lambda argv: seen.setdefault("argv", argv) and 0
     monkeypatch.setitem(sys.modules, "jetspec_core.bench.speed", fake)
-    rc, _, _ = _cli(capsys, "bench", "speed", "--budget", "64", "--whatever")
+    rc, _, _ = run_cli(capsys, "bench", "speed", "--budget", "64", "--whatever")
     assert rc == 0 and seen["argv"] == ["--budget", "64", "--whatever"]
     monkeypatch.setitem(sys.modules, "jetspec_core.bench.kernels", None)  # as if the module were missing
-    _one_line_error(_cli(capsys, "bench", "kernels"), "bench kernels is not available")
+    one_line_error(run_cli(capsys, "bench", "kernels"), "bench kernels is not available")
 
 
 def test_bench_bad_input(tmp_path, capsys):
-    _one_line_error(_cli(capsys, "bench", "--dataset", "gsm8k"), "unknown dataset 'gsm8k'")
-    _one_line_error(_cli(capsys, "bench", "accept", "--dataset", "nope"), "unknown dataset 'nope'")
-    _one_line_error(_cli(capsys, "bench", "--budget", "0"), "budget must be")
+    one_line_error(run_cli(capsys, "bench", "--dataset", "gsm8k"), "unknown dataset 'gsm8k'")
+    one_line_error(run_cli(capsys, "bench", "accept", "--dataset", "nope"), "unknown dataset 'nope'")
+    one_line_error(run_cli(capsys, "bench", "--budget", "0"), "budget must be")
     (tmp_path / "head").mkdir()
     (tmp_path / "head" / "config.json").write_text("{}")
-    _one_line_error(_cli(capsys, "bench", "--dataset", "mtbench", "--limit", "1", "--head", str(tmp_path / "head"),
+    one_line_error(run_cli(capsys, "bench", "--dataset", "mtbench", "--limit", "1", "--head", str(tmp_path / "head"),
                          "--device", "cpu", "--out", str(tmp_path / "o"), "--no-progress"),
                     "has no model.safetensors (weights missing)")
 
@@ -132,7 +115,7 @@ def test_shipped_head_fits_and_accepts_on_cpu(tmp_path, capsys, embedded):
     head = DraftHead.load(DEFAULT_HEAD)
     head.config.check_fits(embedded.shape)
     assert (DEFAULT_HEAD / "model.safetensors").stat().st_size < 30e6
-    rc, out, err = _cli(capsys, "bench", "--dataset", "humaneval", "mtbench", "--limit", "2", "--budget", "16",
+    rc, out, err = run_cli(capsys, "bench", "--dataset", "humaneval", "mtbench", "--limit", "2", "--budget", "16",
                         "--max-new-tokens", "32", "--device", "cpu", "--out", str(tmp_path), "--no-report",
                         "--no-progress")
     assert rc == 0, err

@@ -3,6 +3,8 @@ import random
 from pathlib import Path
 
 import pytest
+
+from conftest import one_line_error, run_cli
 import torch
 
 from conftest import tiny_hf
@@ -195,43 +197,23 @@ def test_data_round_trip_and_tokenizer_check(tmp_path):
         DistillData([[1, 2]], [2], ["x"], "f")
 
 
-def _cli(capsys, *args):
-    """Run the CLI in-process (no interpreter start-up); returns (exit code, stdout, stderr)."""
-    from jetspec_core.cli import main
-
-    try:
-        rc = main(list(args))
-    except SystemExit as e:  # argparse: --help and usage errors
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def _one_line_error(res, message):
-    rc, _, err = res
-    assert rc == 2, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1 and message in lines[0], err
-    assert "Traceback" not in err
-
-
 def test_cli_refuses_data_from_another_tokenizer(tmp_path, embedded, capsys):
     real = tokenizer_fingerprint(embedded.tokenizer, embedded.shape.vocab_size)
     assert real.startswith("v49152-") and real != tokenizer_fingerprint(None, 49152)
     DistillData([[1, 2, 3]], [1], ["x"], "v32000-0123456789abcdef").save(tmp_path / "other.safetensors")
     common = ["--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"]
-    _one_line_error(_cli(capsys, "train", "fit", "--data", str(tmp_path / "other.safetensors"), *common),
+    one_line_error(run_cli(capsys, "train", "fit", "--data", str(tmp_path / "other.safetensors"), *common),
                     "was made with a different tokenizer")
-    _one_line_error(_cli(capsys, "train", "fit", "--data", str(tmp_path / "none.safetensors"), *common),
+    one_line_error(run_cli(capsys, "train", "fit", "--data", str(tmp_path / "none.safetensors"), *common),
                     "does not exist")
-    _one_line_error(_cli(capsys, "train", "fit", "--data", str(tmp_path / "other.safetensors"), *common,
+    one_line_error(run_cli(capsys, "train", "fit", "--data", str(tmp_path / "other.safetensors"), *common,
                          "--layers", "0"), "layers must be")
 
 
 def test_cli_help_lists_subcommands(capsys):
-    rc, out, _ = _cli(capsys, "train", "--help")
+    rc, out, _ = run_cli(capsys, "train", "--help")
     assert rc == 0 and all(w in out for w in ("prompts", "data", "fit"))
-    rc, out, _ = _cli(capsys, "train", "fit", "--help")
+    rc, out, _ = run_cli(capsys, "train", "fit", "--help")
     assert rc == 0 and "--resume" in out and "--time-limit" in out
 
 
