@@ -124,4 +124,5 @@ def test_shipped_head_fits_and_accepts_on_cpu(tmp_path, capsys, embedded):
     rounds = sum(r["summary"]["rounds"] for r in res["runs"])
     tau = sum(r["summary"]["tau"] * r["summary"]["rounds"] for r in res["runs"]) / rounds
     print(f"shipped head, CPU fp32, budget 16: tau {tau:.3f}")
-    assert tau > 1.25, tau  # an untrained head gives ~1.0; H200 budget 256 measured 1.70-1.94 (docs/training.md)
+    # an untrained head gives ~1.0; this test measured 1.96 with the shipped head (H200 budget 256: 2.2-2.9)
+    assert tau > 1.5, tau

@@ -177,6 +177,23 @@ def test_resume_continues_exactly(tiny_setup, tmp_path):
         other.load_checkpoint()
 
 
+def test_init_from_a_published_head(tiny_setup, tmp_path):
+    hf, data = tiny_setup
+    tr = Trainer(hf, data, _cfg(steps=5, holdout=0.0), 96, tmp_path / "a", progress=False)
+    tr.run()
+    folder = tr.export()[1]
+    warm = Trainer(hf, data, _cfg(steps=5, holdout=0.0, seed=7), 96, tmp_path / "b", progress=False)
+    assert any(not torch.equal(x, y) for x, y in zip(warm.heads[1].state_dict().values(),
+                                                     tr.heads[1].state_dict().values()))
+    warm.init_from(folder)
+    for (name, x), y in zip(warm.heads[1].state_dict().items(), tr.heads[1].state_dict().values()):
+        # the published file is bf16: equal up to that rounding
+        torch.testing.assert_close(x, y.to(torch.bfloat16).float(), atol=0, rtol=0, msg=name)
+    other = Trainer(hf, data, _cfg(steps=5, layers=(2,)), 96, tmp_path / "c", progress=False)
+    with pytest.raises(JetSpecError, match="that head has 1 layers"):
+        other.init_from(folder)
+
+
 def test_config_validation():
     for bad in (dict(layers=()), dict(layers=(1, 1)), dict(steps=0), dict(holdout=1.0), dict(lr=0.0)):
         with pytest.raises(JetSpecError):
@@ -195,6 +212,20 @@ def test_data_round_trip_and_tokenizer_check(tmp_path):
         back.check_tokenizer("v97-other")
     with pytest.raises(JetSpecError, match="does not fit"):
         DistillData([[1, 2]], [2], ["x"], "f")
+
+
+def test_joined_data_and_split_by_prompt():
+    a = DistillData([[1, 2, 3, 4], [5, 6, 7], [8, 9, 10]], [2, 1, 1], ["m", "c", "c"], "v97-abc", {"t": 0})
+    b = DistillData([[1, 2, 9, 9], [5, 7, 7]], [2, 1], ["m", "c"], "v97-abc", {"t": 1})
+    both = DistillData.concat([a, b], ["a", "b"])
+    assert len(both) == 5 and both.seqs[3] == [1, 2, 9, 9] and [p["t"] for p in both.meta["parts"]] == [0, 1]
+    for seed in range(20):  # the two answers of a prompt are never split apart
+        train, hold = both.split(0.34, seed)
+        assert sorted(train + hold) == list(range(5)) and len(hold) >= 1
+        for i, j in ((0, 3), (1, 4)):
+            assert (i in hold) == (j in hold)
+    with pytest.raises(JetSpecError, match="different tokenizer"):
+        DistillData.concat([a, DistillData([[1, 2]], [1], ["x"], "v97-other")], ["a", "c"])
 
 
 def test_cli_refuses_data_from_another_tokenizer(tmp_path, embedded, capsys):

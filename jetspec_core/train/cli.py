@@ -86,7 +86,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
     out = Path(a.out)
     if (out / "checkpoint.pt").is_file() and not a.resume:
         raise JetSpecError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
-    data = DistillData.load(a.data)
+    data = DistillData.concat([DistillData.load(x) for x in a.data], list(a.data))
     target = load_target(a.target, device=a.device, dtype=a.dtype)
     data.check_tokenizer(tokenizer_fingerprint(target.tokenizer, target.shape.vocab_size), f"training data {a.data}")
     hf = teacher_model(target)
@@ -94,6 +94,9 @@ def cmd_fit(a: argparse.Namespace) -> int:
     trainer = Trainer(hf, data, cfg, pick_mask_token(target), out, progress=not a.no_progress)
     if a.resume and trainer.load_checkpoint():
         print(f"[train] resumed at step {trainer.step} of {trainer.total_steps}", file=sys.stderr)
+    elif a.init_from:
+        trainer.init_from(a.init_from)
+        print(f"[train] heads start from the weights in {a.init_from}", file=sys.stderr)
     report = trainer.run()
     trainer.export()
     best = pick_best(report) or cfg.layers[0]
@@ -137,7 +140,7 @@ def register(sub) -> None:
     d.set_defaults(func=cmd_data)
 
     f = ts.add_parser("fit", help="train draft heads on distillation data")
-    f.add_argument("--data", required=True, help="file from `train data`")
+    f.add_argument("--data", required=True, nargs="+", help="one or more files from `train data` (joined)")
     f.add_argument("--out", required=True, help="output folder (heads, checkpoint, report)")
     f.add_argument("--layers", type=int, nargs="+", default=list(_T.layers),
                    help="draft layers; several values train one head each, side by side, and keep the best")
@@ -153,5 +156,7 @@ def register(sub) -> None:
     f.add_argument("--ckpt-every", type=float, default=_T.ckpt_every_s, help="seconds between checkpoints")
     f.add_argument("--seed", type=int, default=_T.seed)
     f.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
+    f.add_argument("--init-from", default=None,
+                   help="start from the weights of this head folder (e.g. assets/head) instead of random ones")
     _model_args(f)
     f.set_defaults(func=cmd_fit)

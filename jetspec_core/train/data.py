@@ -103,12 +103,35 @@ class DistillData:
                 f"is {fingerprint}); regenerate it with `train data` for this target")
 
     def split(self, holdout: float, seed: int) -> tuple[list[int], list[int]]:
-        """(train indices, held-out indices): a seeded random split by sequence."""
+        """(train indices, held-out indices): a seeded random split by *prompt*, so the several
+        answers one prompt may have (greedy and sampled files joined) fall on the same side."""
         if not 0.0 <= holdout < 1.0:
             raise JetSpecError(f"holdout must be in [0, 1), got {holdout}")
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, (s, p) in enumerate(zip(self.seqs, self.prompt_lens)):
+            groups.setdefault(tuple(s[:p]), []).append(i)
+        members = list(groups.values())
         g = torch.Generator().manual_seed(seed)
-        perm = torch.randperm(len(self), generator=g).tolist()
-        n_hold = int(round(len(self) * holdout))
-        if holdout > 0 and len(self) >= 2:
+        perm = torch.randperm(len(members), generator=g).tolist()
+        n_hold = int(round(len(members) * holdout))
+        if holdout > 0 and len(members) >= 2:
             n_hold = max(1, n_hold)
-        return sorted(perm[n_hold:]), sorted(perm[:n_hold])
+        hold = sorted(i for j in perm[:n_hold] for i in members[j])
+        train = sorted(i for j in perm[n_hold:] for i in members[j])
+        return train, hold
+
+    @staticmethod
+    def concat(parts: list["DistillData"], sources: list[str] | None = None) -> "DistillData":
+        """Several data files as one (e.g. greedy and sampled answers); one tokenizer required."""
+        if not parts:
+            raise JetSpecError("no training data given")
+        names = sources or [f"file {i + 1}" for i in range(len(parts))]
+        for d, name in zip(parts[1:], names[1:]):
+            if d.fingerprint != parts[0].fingerprint:
+                raise JetSpecError(f"training data {name} was made with a different tokenizer than {names[0]}")
+        if len(parts) == 1:
+            return parts[0]
+        return DistillData(seqs=[s for d in parts for s in d.seqs],
+                           prompt_lens=[p for d in parts for p in d.prompt_lens],
+                           kinds=[k for d in parts for k in d.kinds], fingerprint=parts[0].fingerprint,
+                           meta={"parts": [dict(d.meta, source=n) for d, n in zip(parts, names)]})

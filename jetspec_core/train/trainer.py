@@ -310,6 +310,23 @@ class Trainer:
         self.log, self.evals = json.loads(state["log"]), json.loads(state["evals"])
         return True
 
+    def init_from(self, folder: str | Path) -> None:
+        """Warm start: every head takes the weights of the published head in `folder`, which must
+        have the same shape (layers, taps, block size) and fit the target."""
+        src = DraftHead.load(folder, device=self.device, dtype=torch.float32)
+        from ..model import ModelShape
+
+        src.config.check_fits(ModelShape.from_hf_config(self.hf.config))
+        for L, h in self.heads.items():
+            mine, theirs = h.config, src.config
+            if (theirs.num_hidden_layers, list(theirs.target_layer_ids), theirs.block_size, theirs.mask_token_id) != \
+                    (mine.num_hidden_layers, list(mine.target_layer_ids), mine.block_size, mine.mask_token_id):
+                raise JetSpecError(
+                    f"--init-from {folder}: that head has {theirs.num_hidden_layers} layers, taps "
+                    f"{theirs.target_layer_ids}, block {theirs.block_size}, mask {theirs.mask_token_id}; this run "
+                    f"trains {L} layers, taps {mine.target_layer_ids}, block {mine.block_size}, mask {mine.mask_token_id}")
+            h.load_state_dict(src.state_dict())
+
     def export(self) -> dict[int, Path]:
         """Write each head as a published-format folder out/L{n}/."""
         paths = {}
