@@ -140,7 +140,7 @@ class Decoder:
         eos = self.target.eos_ids if cfg.stop_at_eos else frozenset()
         gen = None if cfg.greedy else make_generator(cfg.seed, dev)
         budget = cfg.budget if speculative else 1
-        depth = min(cfg.depth, drafter.max_depth) if drafter else 0
+        depth = min(cfg.depth, drafter.max_depth, budget - 1) if drafter else 0  # b nodes: depth <= b − 1
 
         start = time.perf_counter()
         cache = model.new_cache(len(prompt_ids) + cfg.max_new_tokens + budget + 1)
@@ -160,7 +160,7 @@ class Decoder:
             t0 = time.perf_counter()
             root, past = committed[-1], cache.length
             # -- draft: one head forward gives log-probs for every depth
-            lp = drafter.propose(root, committed) if drafter else None
+            lp = drafter.propose(root, committed, depth) if drafter else None
             self._sync()
             t1 = time.perf_counter()
             # -- build the tree under the budget

@@ -168,15 +168,24 @@ class HeadLayer(torch.nn.Module):
         y = proj(x).view(b, t, n, self.c.head_dim).transpose(1, 2)  # (b, n, t, D)
         return rms_norm(y, norm, self.c.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, rope_x, rope_ctx, mask: torch.Tensor) -> torch.Tensor:
-        """x (b, M, H) block stream; ctx (b, C, H) fused context; mask (b, M, C+M) bool."""
+    def context_kv(self, ctx: torch.Tensor, rope_ctx) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (b, Hkv, C, D) of context rows: they depend on nothing else, so a
+        decoder may compute them once per row and keep them (`HeadDrafter` does)."""
+        c = self.c
+        kc = apply_rope(self._heads(ctx, self.k_proj, c.num_key_value_heads, self.k_norm), *rope_ctx)
+        vc = self.v_proj(ctx).view(*ctx.shape[:2], c.num_key_value_heads, c.head_dim).transpose(1, 2)
+        return kc, vc
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor | None, rope_x, rope_ctx, mask: torch.Tensor,
+                ctx_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """x (b, M, H) block stream; ctx (b, C, H) fused context, or its `context_kv` given as
+        ctx_kv; mask (b, M, C+M) bool."""
         c = self.c
         h = rms_norm(x, self.input_layernorm, c.rms_norm_eps)
         q = apply_rope(self._heads(h, self.q_proj, c.num_attention_heads, self.q_norm), *rope_x)
         kb = apply_rope(self._heads(h, self.k_proj, c.num_key_value_heads, self.k_norm), *rope_x)
-        kc = apply_rope(self._heads(ctx, self.k_proj, c.num_key_value_heads, self.k_norm), *rope_ctx)
         vb = self.v_proj(h).view(*h.shape[:2], c.num_key_value_heads, c.head_dim).transpose(1, 2)
-        vc = self.v_proj(ctx).view(*ctx.shape[:2], c.num_key_value_heads, c.head_dim).transpose(1, 2)
+        kc, vc = ctx_kv if ctx_kv is not None else self.context_kv(ctx, rope_ctx)
         k, v = torch.cat([kc, kb], dim=2), torch.cat([vc, vb], dim=2)  # (b, Hkv, C+M, D)
         rep = c.num_attention_heads // c.num_key_value_heads
         if rep > 1:
@@ -203,16 +212,25 @@ class DraftHead(torch.nn.Module):
         """Tapped target hidden states (…, n·Ht) → context features (…, H)."""
         return rms_norm(self.fc(taps.to(self.fc.weight.dtype)), self.hidden_norm, self.config.rms_norm_eps)
 
-    def forward(self, block: torch.Tensor, block_pos: torch.Tensor, ctx: torch.Tensor,
-                ctx_pos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def context_kv(self, ctx: torch.Tensor, ctx_pos: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per layer, the keys and values of fused context rows ctx (b, C, H) at ctx_pos (b, C)."""
+        c = self.config
+        rope_c = rope_cos_sin(ctx_pos, c.head_dim, c.rope_theta, ctx.dtype)
+        return [layer.context_kv(ctx, rope_c) for layer in self.layers]
+
+    def forward(self, block: torch.Tensor, block_pos: torch.Tensor, ctx: torch.Tensor | None,
+                ctx_pos: torch.Tensor | None, mask: torch.Tensor,
+                ctx_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         """block (b, M, H) embedded block tokens at block_pos (b, M); ctx (b, C, H) fused features
-        at ctx_pos (b, C); mask (b, M, C+M) bool. Returns the final-normed block hidden (b, M, H)."""
+        at ctx_pos (b, C) — or, instead, their per-layer `context_kv`; mask (b, M, C+M) bool.
+        Returns the final-normed block hidden (b, M, H)."""
         c = self.config
         rope_x = rope_cos_sin(block_pos, c.head_dim, c.rope_theta, block.dtype)
-        rope_c = rope_cos_sin(ctx_pos, c.head_dim, c.rope_theta, block.dtype)
+        if ctx_kv is None:
+            ctx_kv = self.context_kv(ctx, ctx_pos)
         x = block
-        for layer in self.layers:
-            x = layer(x, ctx, rope_x, rope_c, mask)
+        for layer, kv in zip(self.layers, ctx_kv):
+            x = layer(x, None, rope_x, None, mask, ctx_kv=kv)
         return rms_norm(x, self.norm, c.rms_norm_eps)
 
     # -- checkpoint -------------------------------------------------------------------------

@@ -113,7 +113,7 @@ class OracleDrafter:
     def extend(self, hidden, committed):
         pass
 
-    def propose(self, anchor, committed):
+    def propose(self, anchor, committed, depth=None):
         g = len(committed) - self.p
         gen = torch.Generator().manual_seed(1000 + g)
         logits = torch.randn(self.max_depth, self.vocab, generator=gen)

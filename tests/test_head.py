@@ -77,3 +77,50 @@ def test_bad_head_folders(tmp_path, tiny):
     (tmp_path / "model.safetensors").unlink()
     with pytest.raises(JetSpecError, match="no model.safetensors"):
         DraftHead.load(tmp_path)
+
+
+def test_shallow_proposal_equals_the_first_rows_of_the_full_one(tiny):
+    """The block is causal: proposing only d depths gives the first d rows of the full proposal."""
+    from jetspec_core.drafter import HeadDrafter
+
+    target = tiny
+    head = make_head(tiny).eval()
+    drafter = HeadDrafter(head, target.model)
+    g = torch.Generator().manual_seed(0)
+    width = len(head.config.target_layer_ids) * target.shape.hidden_size
+    drafter.start(torch.randn(7, width, generator=g), [1] * 8)
+    full = drafter.propose(5, [1] * 8)
+    assert full.shape[0] == head.config.block_size - 1
+    for d in (1, 3, 15, 40):
+        part = drafter.propose(5, [1] * 8, depth=d)
+        assert part.shape[0] == min(d, 15)
+        torch.testing.assert_close(part, full[: part.shape[0]], atol=1e-5, rtol=1e-5)
+
+
+def test_drafter_cached_context_equals_a_full_forward(tiny):
+    """The drafter keeps the context rows' keys/values from round to round; its proposal must
+    equal one head forward over the whole fused context (as training computes it)."""
+    from jetspec_core.drafter import HeadDrafter
+
+    head = make_head(tiny).eval()
+    drafter = HeadDrafter(head, tiny.model)
+    g = torch.Generator().manual_seed(1)
+    width = len(head.config.target_layer_ids) * tiny.shape.hidden_size
+    chunks = [torch.randn(n, width, generator=g) for n in (5, 1, 3, 2)]
+    drafter.start(chunks[0], [])
+    for ch in chunks[1:]:
+        drafter.extend(ch, [])
+    got = drafter.propose(7, [])
+    with torch.no_grad():
+        ctx = head.fuse(torch.cat(chunks))                                         # (11, H)
+        B, C = head.config.block_size, ctx.shape[0]
+        ids = torch.full((B,), head.config.mask_token_id)
+        ids[0] = 7
+        mask = torch.cat([torch.ones(B, C, dtype=torch.bool), torch.ones(B, B, dtype=torch.bool).tril()], 1)
+        out = head(tiny.model.embed_tokens(ids)[None], torch.arange(C, C + B)[None], ctx[None],
+                   torch.arange(C)[None], mask[None])
+        want = torch.log_softmax(tiny.model.logits(out[0, 1:]), -1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    empty = HeadDrafter(head, tiny.model)  # a one-token prompt: no context rows at all
+    empty.start(None, [])
+    assert torch.isfinite(empty.propose(7, [], depth=4)).all()

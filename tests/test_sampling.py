@@ -56,7 +56,7 @@ class BiasedDrafter:
     def extend(self, hidden, committed):
         pass
 
-    def propose(self, anchor, committed):
+    def propose(self, anchor, committed, depth=None):
         g = torch.Generator().manual_seed(97 * anchor + 13 * len(committed))
         return torch.log_softmax(3.0 * torch.randn(self.max_depth, VOCAB, generator=g), -1)
 

@@ -95,3 +95,15 @@ def test_budget_counts_root_and_masks():
             assert set(torch.nonzero(anc[i]).flatten().tolist()) == set(t.path_to(i))
         assert torch.equal(t.positions(40), t.depth + 40)
     assert len(build_tree("accum_logp", 11, lp, 3, 5, budget=1)) == 1
+
+
+@pytest.mark.parametrize("builder", ["accum_logp", "topb", "top2gap", "chain"])
+def test_rows_deeper_than_budget_minus_one_are_never_used(builder):
+    """The decoder asks the drafter for only budget − 1 depths: that must not change any tree."""
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        lp = torch.log_softmax(2.5 * torch.randn(15, 40, generator=g), -1)
+        for budget in range(2, 20):
+            full = build_tree(builder, 3, lp, 5, 15, budget)
+            cut = build_tree(builder, 3, lp[: budget - 1], 5, 15, budget)
+            assert full.tokens.tolist() == cut.tokens.tolist() and full.parents.tolist() == cut.parents.tolist()
