@@ -20,7 +20,7 @@ from jetspec_core.errors import JetSpecError
 
 from . import figures as F
 from .session import CPU_SWEEP_MAX_NEW_TOKENS, SWEEP_BUDGETS, Run, Studio, Trace
-from .text import live_stats, render_tokens, token_pieces
+from .text import agreement_card, live_stats, render_tokens, token_pieces
 
 log = logging.getLogger("jetspec.app")
 
@@ -93,10 +93,12 @@ class Handlers:
         plain_html = (render_tokens(token_pieces(plain.records, s.decode, plain=True), "")
                       if plain else render_tokens([], PLAIN_PLACEHOLDER))
         cur = current or main
-        speed = None
+        speed = agree = None
         if side and "jetspec" in trace.runs and trace.runs["jetspec"].records and plain and plain.records:
-            speed = F.speedup(trace.runs["jetspec"].records, plain.records)
-        stats = live_stats(cur.records if cur else [], cur.mode if cur else "", speed,
+            spec = trace.runs["jetspec"]
+            speed = F.speedup(spec.records, plain.records)
+            agree = agreement_card(plain.token_ids, spec.token_ids, spec.cfg.greedy, _done(spec), s.token_text)
+        stats = live_stats(cur.records if cur else [], cur.mode if cur else "", speed, agreement=agree,
                            note=f"running {cur.mode}…" if cur and not _done(cur) else "", run_id=trace.id,
                            state="done" if download is not None else "running")
         if not heavy:

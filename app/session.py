@@ -33,6 +33,8 @@ from jetspec_core.drafter import HeadDrafter
 from jetspec_core.errors import JetSpecError
 from jetspec_core.loading import Loaded
 
+from .text import first_difference
+
 log = logging.getLogger("jetspec.app")
 
 MODES = ("jetspec", "plain", "side_by_side")
@@ -278,6 +280,7 @@ class Studio:
             out["plain"] = self.run_dict(runs["plain"])
             p = out["plain"]["tokens_per_s"]
             out["speedup"] = out["tokens_per_s"] / p if p > 0 else None
+            out["first_difference"] = first_difference(runs["plain"].token_ids, main.token_ids)
         return out
 
     def write_trace(self, trace: Trace, keep: int = 200) -> Path:

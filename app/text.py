@@ -102,10 +102,37 @@ def stats_html(items: Sequence[tuple[str, str, str]]) -> str:
     return f'<div class="js-stats">{cards}</div>'
 
 
+def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
+    """Index of the first position where two token lists differ (a length difference counts at
+    the shorter one's end); None when they are equal."""
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def agreement_card(plain: Sequence[int], spec: Sequence[int], greedy: bool, spec_done: bool,
+                   token_text=str) -> tuple[str, str, str]:
+    """Side by side: does JetSpec's output equal plain decoding's? (label, value, note) for a stat
+    card. Greedy decoding must give the same tokens (exactly in fp32; bf16 may round a near-tie
+    differently); sampled decoding has the target's distribution, not the same draws."""
+    if not greedy:
+        return ("vs plain text", "sampled", "same distribution, other draws")
+    k = first_difference(plain[: len(spec)] if not spec_done else plain, spec)
+    if k is None:
+        return ("vs plain text", "identical" if spec_done else "identical so far", f"{len(spec)} tokens")
+    if k >= len(spec) or k >= len(plain):
+        return ("vs plain text", f"differs at token {k}", "one output is longer")
+    return ("vs plain text", f"differs at token {k}",
+            f"plain {token_text(plain[k])!r} · JetSpec {token_text(spec[k])!r}")
+
+
 def live_stats(records: Sequence[RoundRecord], mode: str, speedup: float | None = None,
-               note: str = "", run_id: str = "", state: str = "running") -> str:
-    """tokens/s, τ so far, rounds, tokens and (side by side) the measured speedup. The wrapper
-    carries the generation's id and state ("running"/"done") for scripts and browser tests."""
+               note: str = "", run_id: str = "", state: str = "running",
+               agreement: tuple[str, str, str] | None = None) -> str:
+    """tokens/s, τ so far, rounds, tokens and (side by side) the measured speedup and whether the
+    two outputs agree. The wrapper carries the generation's id and state ("running"/"done") for
+    scripts and browser tests."""
     n_tok = sum(len(r.new_tokens) for r in records)
     el = records[-1].elapsed_s if records else 0.0
     tps = n_tok / el if el > 0 else 0.0
@@ -114,6 +141,8 @@ def live_stats(records: Sequence[RoundRecord], mode: str, speedup: float | None 
              ("rounds", str(len(records)), "target forwards"), ("tokens", str(n_tok), f"{el:.2f} s")]
     if speedup is not None:
         items.append(("speedup", f"×{speedup:.2f}", "vs plain, measured"))
+    if agreement is not None:
+        items.append(agreement)
     html_ = stats_html(items)
     if note:
         html_ += f'<div class="js-legend">{html.escape(note)}</div>'

@@ -54,6 +54,7 @@ def test_api_defaults_and_side_by_side(client):
     assert out["plain"]["token_ids"] == out["token_ids"] and len(out["token_ids"]) == 5
     assert out["plain"]["tau"] == 1.0 and out["plain"]["rounds"] == 5
     assert out["speedup"] == pytest.approx(out["tokens_per_s"] / out["plain"]["tokens_per_s"])
+    assert out["first_difference"] is None  # fp32 greedy: the same tokens
     sampled = [generate(client, prompt=PROMPT, temperature=0.9, top_p=0.9, seed=7, max_new_tokens=4)["token_ids"]
                for _ in range(2)]
     assert sampled[0] == sampled[1], "a seed reproduces a sampled answer"

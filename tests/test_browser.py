@@ -176,6 +176,7 @@ def _flow(page, log):
     assert "speedup ×" in speed["layout"]["title"]
     assert output_text(page, "plain-output") == first == output_text(page)
     assert "speedup" in page.inner_text("#stats")
+    assert "identical" in page.inner_text("#stats")  # greedy fp32: JetSpec gave plain's tokens
 
     # 5. stop mid-stream, then a new generation equals a fresh run
     page.click("#mode label:has-text('JetSpec')")

@@ -10,7 +10,7 @@ from jetspec_core.decoder import Decoder
 from jetspec_core.target import target_from_hf
 
 from app import figures as F
-from app.text import Piece, render_tokens, token_origins, token_pieces
+from app.text import Piece, agreement_card, first_difference, live_stats, render_tokens, token_origins, token_pieces
 
 PROMPT = [3, 14, 15, 92, 65, 35]
 
@@ -189,3 +189,17 @@ def test_render_tokens_escapes_html():
     assert "&quot;x&quot; &amp; y" in html
     assert 'class="tok target r0"' in html and 'class="tok draft r1"' in html
     assert "round 1 · accepted draft token (depth 1)" in html
+
+
+def test_side_by_side_agreement_card():
+    assert first_difference([1, 2, 3], [1, 2, 3]) is None
+    assert first_difference([1, 2, 3], [1, 5, 3]) == 1 and first_difference([1, 2], [1, 2, 3]) == 2
+    assert agreement_card([1, 2, 3], [1, 2, 3], True, True) == ("vs plain text", "identical", "3 tokens")
+    # JetSpec still running: only its prefix so far is compared
+    assert agreement_card([1, 2, 3, 4], [1, 2], True, False)[1] == "identical so far"
+    label, value, note = agreement_card([1, 2, 3], [1, 9, 3], True, True, token_text=lambda t: f"<{t}>")
+    assert value == "differs at token 1" and note == "plain '<2>' · JetSpec '<9>'"
+    assert agreement_card([1, 2, 3, 4], [1, 2], True, True)[2] == "one output is longer"
+    assert agreement_card([1, 2], [7, 7], False, True)[1] == "sampled"
+    card = live_stats([], "jetspec", 1.5, agreement=("vs plain text", "identical", "3 tokens"))
+    assert "×1.50" in card and "identical" in card
