@@ -269,3 +269,28 @@ def test_trained_head_drafts_for_the_decoder(tiny_setup, tmp_path):
     tr.run()
     trained = mean_tau(tr.heads[1])
     assert trained >= 2.0 and trained > untrained + 0.6, (untrained, trained)
+
+
+def test_cli_fit_joins_data_files_and_starts_from_the_shipped_head(tmp_path, embedded, capsys):
+    """`train fit --data A B --init-from assets/head` on the real target: both files are used and
+    the run starts from the shipped weights (a couple of tiny steps on CPU)."""
+    import json
+
+    from jetspec_core.loading import DEFAULT_HEAD
+
+    fp = tokenizer_fingerprint(embedded.tokenizer, embedded.shape.vocab_size)
+    ids = embedded.encode_prompt("Add two numbers in Python.")
+    answer = embedded.tokenizer.encode("def add(a, b):\n    return a + b\n", add_special_tokens=False)
+    DistillData([ids + answer], [len(ids)], ["code"], fp).save(tmp_path / "a.safetensors")
+    DistillData([ids + answer[::-1], ids[:5] + answer], [len(ids), 5], ["code", "x"], fp).save(tmp_path / "b.safetensors")
+    out = tmp_path / "run"
+    rc, stdout, err = run_cli(capsys, "train", "fit", "--data", str(tmp_path / "a.safetensors"),
+                              str(tmp_path / "b.safetensors"), "--out", str(out), "--layers", "2", "--steps", "2",
+                              "--batch-size", "2", "--anchors", "2", "--holdout", "0", "--init-from",
+                              str(DEFAULT_HEAD), "--device", "cpu", "--no-progress")
+    assert rc == 0, err
+    assert "start from the weights in" in err
+    report = json.loads((out / "train_report.json").read_text())
+    assert report["data_sequences"] == 3 and report["step"] == 2
+    assert len(report["data_meta"]["parts"]) == 2
+    assert (out / "head" / "model.safetensors").is_file()
