@@ -294,3 +294,20 @@ def test_cli_fit_joins_data_files_and_starts_from_the_shipped_head(tmp_path, emb
     assert report["data_sequences"] == 3 and report["step"] == 2
     assert len(report["data_meta"]["parts"]) == 2
     assert (out / "head" / "model.safetensors").is_file()
+
+
+def test_distill_several_sampled_answers_per_prompt(embedded):
+    from jetspec_core.train.distill import distill
+    from jetspec_core.train.prompts import Prompt
+
+    hf = teacher_model(embedded)
+    prompts = [Prompt("chat", "Name a colour."), Prompt("math", "What is 2 + 3?")]
+    data = distill(embedded, hf, prompts, max_new_tokens=6, batch_size=2, temperature=1.0, seed=3,
+                   samples=3, progress=False)
+    assert len(data) == 6 and data.meta["samples"] == 3 and data.meta["answers"] == 6
+    firsts = {tuple(s[:p]) for s, p in zip(data.seqs, data.prompt_lens)}
+    assert len(firsts) == 2  # three answers for each of the two prompts
+    answers = [tuple(s[p:]) for s, p in zip(data.seqs, data.prompt_lens)]
+    assert len(set(answers)) > 2, answers  # the passes use different seeds
+    with pytest.raises(JetSpecError, match="samples must be 1"):
+        distill(embedded, hf, prompts, max_new_tokens=2, samples=2)  # greedy answers would repeat

@@ -60,8 +60,8 @@ def cmd_data(a: argparse.Namespace) -> int:
     target = load_target(a.target, device=a.device, dtype=a.dtype)
     hf = teacher_model(target)
     data = distill(target, hf, prompts, a.max_new_tokens, a.batch_size, a.temperature, a.seed, a.time_limit,
-                   a.max_prompt_tokens, progress=not a.no_progress, meta={"prompts_sha256": digest,
-                                                                          "command": " ".join(sys.argv)})
+                   a.max_prompt_tokens, progress=not a.no_progress, samples=a.samples,
+                   meta={"prompts_sha256": digest, "command": " ".join(sys.argv)})
     data.save(a.out)
     print(json.dumps({"out": a.out, "sequences": len(data), "response_tokens": data.response_tokens,
                       **{k: data.meta[k] for k in ("seconds", "ended_with_eos", "prompts_offered")}}))
@@ -134,6 +134,8 @@ def register(sub) -> None:
     d.add_argument("--max-prompt-tokens", type=int, default=512, help="skip longer prompts")
     d.add_argument("--batch-size", type=int, default=512, help="prompts per generate call")
     d.add_argument("--temperature", type=float, default=0.0, help="0 = greedy answers")
+    d.add_argument("--samples", type=int, default=1,
+                   help="answers per prompt (needs --temperature > 0; seeds --seed, --seed+1, …)")
     d.add_argument("--time-limit", type=float, default=None, help="stop starting batches after this many seconds")
     d.add_argument("--seed", type=int, default=0)
     _model_args(d)

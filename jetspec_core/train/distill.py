@@ -79,27 +79,35 @@ def generate_responses(hf, prompt_ids: list[list[int]], max_new_tokens: int, bat
 
 def distill(target: Target, hf, prompts: list[Prompt], max_new_tokens: int = 320, batch_size: int = 512,
             temperature: float = 0.0, seed: int = 0, time_limit_s: float | None = None,
-            max_prompt_tokens: int = 512, progress: bool = True, meta: dict | None = None) -> DistillData:
-    """Encode, generate, and pack the answers of `target` to `prompts` as DistillData."""
+            max_prompt_tokens: int = 512, progress: bool = True, meta: dict | None = None,
+            samples: int = 1) -> DistillData:
+    """Encode, generate, and pack the answers of `target` to `prompts` as DistillData. With
+    temperature > 0, `samples` passes (seeds seed, seed+1, …) give each prompt several answers."""
+    if samples < 1 or (samples > 1 and temperature <= 0):
+        raise JetSpecError(f"samples must be 1, or more with a temperature > 0 (got {samples} at T={temperature})")
     t0 = time.perf_counter()
     ids, kinds = encode_prompts(target, prompts, max_prompt_tokens)
     tok = target.tokenizer
     eos = target.eos_ids
     pad = getattr(tok, "pad_token_id", None)
     pad = pad if pad is not None else (min(eos) if eos else 0)
-    resp = generate_responses(hf, ids, max_new_tokens, batch_size, pad, eos, temperature, seed,
-                              time_limit_s, progress)
     seqs, plens, ks = [], [], []
-    for p, r, k in zip(ids, resp, kinds):
-        if r:  # None: not reached before the time limit; []: cannot happen (max_new_tokens >= 1)
-            seqs.append(p + r)
-            plens.append(len(p))
-            ks.append(k)
+    for j in range(samples):
+        left = None if time_limit_s is None else time_limit_s - (time.perf_counter() - t0)
+        if left is not None and left <= 0:
+            break
+        resp = generate_responses(hf, ids, max_new_tokens, batch_size, pad, eos, temperature, seed + j,
+                                  left, progress)
+        for p, r, k in zip(ids, resp, kinds):
+            if r:  # None: not reached before the time limit; []: cannot happen (max_new_tokens >= 1)
+                seqs.append(p + r)
+                plens.append(len(p))
+                ks.append(k)
     if not seqs:
         raise JetSpecError("no response was generated (time limit too short?)")
     info = dict(meta or {})
-    info.update(target=target.name, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                prompts_offered=len(prompts), prompts_answered=len(seqs),
+    info.update(target=target.name, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, samples=samples,
+                prompts_offered=len(prompts), answers=len(seqs),
                 ended_with_eos=sum(s[-1] in eos for s in seqs), seconds=round(time.perf_counter() - t0, 1),
                 device=str(target.device), dtype=str(target.model.dtype).replace("torch.", ""))
     return DistillData(seqs, plens, ks, tokenizer_fingerprint(tok, target.shape.vocab_size), info)
