@@ -176,16 +176,16 @@ class HeadLayer(torch.nn.Module):
         vc = self.v_proj(ctx).view(*ctx.shape[:2], c.num_key_value_heads, c.head_dim).transpose(1, 2)
         return kc, vc
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor | None, rope_x, rope_ctx, mask: torch.Tensor,
-                ctx_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
-        """x (b, M, H) block stream; ctx (b, C, H) fused context, or its `context_kv` given as
-        ctx_kv; mask (b, M, C+M) bool."""
+    def forward(self, x: torch.Tensor, ctx_kv: tuple[torch.Tensor, torch.Tensor], rope_x,
+                mask: torch.Tensor) -> torch.Tensor:
+        """x (b, M, H) block stream; ctx_kv the `context_kv` of the fused context (C rows);
+        mask (b, M, C+M) bool."""
         c = self.c
         h = rms_norm(x, self.input_layernorm, c.rms_norm_eps)
         q = apply_rope(self._heads(h, self.q_proj, c.num_attention_heads, self.q_norm), *rope_x)
         kb = apply_rope(self._heads(h, self.k_proj, c.num_key_value_heads, self.k_norm), *rope_x)
         vb = self.v_proj(h).view(*h.shape[:2], c.num_key_value_heads, c.head_dim).transpose(1, 2)
-        kc, vc = ctx_kv if ctx_kv is not None else self.context_kv(ctx, rope_ctx)
+        kc, vc = ctx_kv
         k, v = torch.cat([kc, kb], dim=2), torch.cat([vc, vb], dim=2)  # (b, Hkv, C+M, D)
         rep = c.num_attention_heads // c.num_key_value_heads
         if rep > 1:
@@ -230,7 +230,7 @@ class DraftHead(torch.nn.Module):
             ctx_kv = self.context_kv(ctx, ctx_pos)
         x = block
         for layer, kv in zip(self.layers, ctx_kv):
-            x = layer(x, None, rope_x, None, mask, ctx_kv=kv)
+            x = layer(x, kv, rope_x, mask)
         return rms_norm(x, self.norm, c.rms_norm_eps)
 
     # -- checkpoint -------------------------------------------------------------------------

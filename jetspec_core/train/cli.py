@@ -88,7 +88,7 @@ def cmd_fit(a: argparse.Namespace) -> int:
         raise JetSpecError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     data = DistillData.concat([DistillData.load(x) for x in a.data], list(a.data))
     target = load_target(a.target, device=a.device, dtype=a.dtype)
-    data.check_tokenizer(tokenizer_fingerprint(target.tokenizer, target.shape.vocab_size), f"training data {a.data}")
+    data.check_tokenizer(tokenizer_fingerprint(target.tokenizer, target.shape.vocab_size), f"training data {', '.join(a.data)}")
     hf = teacher_model(target)
     t0 = time.perf_counter()
     trainer = Trainer(hf, data, cfg, pick_mask_token(target), out, progress=not a.no_progress)

@@ -148,7 +148,7 @@ class Trainer:
         self.lm_head = hf.get_output_embeddings().weight
         from ..model import ModelShape
 
-        shape = ModelShape.from_hf_config(hf.config)
+        self.shape = shape = ModelShape.from_hf_config(hf.config)
         self.train_idx, self.hold_idx = data.split(cfg.holdout, cfg.seed)
         if not self.train_idx:
             raise JetSpecError("no training sequences left after the held-out split")
@@ -314,9 +314,7 @@ class Trainer:
         """Warm start: every head takes the weights of the published head in `folder`, which must
         have the same shape (layers, taps, block size) and fit the target."""
         src = DraftHead.load(folder, device=self.device, dtype=torch.float32)
-        from ..model import ModelShape
-
-        src.config.check_fits(ModelShape.from_hf_config(self.hf.config))
+        src.config.check_fits(self.shape)
         for L, h in self.heads.items():
             mine, theirs = h.config, src.config
             if (theirs.num_hidden_layers, list(theirs.target_layer_ids), theirs.block_size, theirs.mask_token_id) != \
