@@ -319,6 +319,21 @@ _TOPICS = [
     "job interviews", "writing a resume", "starting a small business", "negotiation", "leadership",
     "teamwork", "conflict resolution", "customer service", "marketing", "branding", "e-commerce",
 ]
+_TOPICS += [  # STEM and humanities, the two open-question categories of chat benchmarks
+    "entropy", "the Doppler effect", "superconductors", "enzymes", "the Krebs cycle", "stem cells",
+    "neural networks", "the speed of light", "special relativity", "Newton's laws of motion", "friction",
+    "chemical bonds", "acids and bases", "catalysts", "polymers", "semiconductors", "transistors",
+    "the greenhouse effect", "ocean acidification", "biodiversity", "food chains", "photosynthesis versus respiration",
+    "the Fibonacci sequence", "calculus", "linear algebra", "game theory", "graph theory", "cryptocurrency mining",
+    "GPS satellites", "radio waves", "lasers", "MRI scanners", "the placebo effect", "epidemiology",
+    "the Cold War", "the Enlightenment", "the Reformation", "colonialism", "the Ottoman Empire", "the Meiji era",
+    "Confucianism", "stoicism", "existentialism", "utilitarianism", "the social contract", "human rights",
+    "the separation of powers", "federalism", "behavioural economics", "globalisation", "minimum wage laws",
+    "monetary policy", "universal basic income", "Baroque music", "the Harlem Renaissance", "modern dance",
+    "Greek tragedy", "the novel as a literary form", "propaganda", "censorship", "the history of writing",
+    "museums", "archaeology", "linguistics", "dialects", "bilingualism", "child development", "cognitive biases",
+    "motivation", "habits", "procrastination", "urban heat islands", "water scarcity", "famine relief",
+]
 _ACTIVITIES = [
     "learning to play the guitar", "planting a vegetable garden", "preparing for an exam", "training for a 5 km run",
     "saving money for a holiday", "organising a small wedding", "moving to a new city", "starting a podcast",
@@ -354,6 +369,17 @@ _CHAT_TEMPLATES = [
     "Which is better, {a} or {b}? Give arguments for both.",
     "Pretend you are {role}. Describe a typical day.", "Act as {role} and greet a visitor.",
     "You are {role}. Answer this question in character: what is the hardest part of your job?",
+    "Imagine you are {role}. How would you explain {topic} to someone you meet?",
+    "Stay in character as {role} and give advice to someone {activity}.",
+    "How does {topic} work? Explain the mechanism step by step.",
+    "What are the causes and consequences of {topic}?", "How has {topic} changed over the last century?",
+    "Describe an experiment or example that illustrates {topic}.", "What open questions remain about {topic}?",
+    "How is {topic} related to everyday life? Give three examples.", "Explain {topic} using an analogy.",
+    "What would happen if {topic} did not exist? Discuss.", "Write a short essay outline on {topic}.",
+    "A friend says {topic} is overrated. How would you respond?",
+    "Evaluate the argument that {a} are better than {b}. Consider both sides.",
+    "Give a balanced overview of {topic} for a newspaper reader.",
+    "What are the ethical questions raised by {topic}?", "Explain the main schools of thought on {topic}.",
 ]
 _WRITING_TEMPLATES = [
     "Write a short poem about {topic}.", "Write a haiku about {topic}.", "Write a limerick about {topic}.",
@@ -420,6 +446,19 @@ def _stub_from_def(fn: ast.FunctionDef, src_lines: list[str]) -> tuple[str, str]
     return stub, src
 
 
+def _humaneval_style(module: str, fn: ast.FunctionDef, r: random.Random) -> str:
+    """A module-level function as a completion stub in the layout of HumanEval-like tasks: an
+    import header, two blank lines, the signature and a docstring that opens with a space (the
+    target tends to repeat such stubs before completing them, so the head learns to copy)."""
+    header = r.choice(["from typing import List, Optional\n\n\n", f"import {module}\n\n\n",
+                       "from typing import Any, Dict, List\n\n\n", ""])
+    sig = f"def {fn.name}({ast.unparse(fn.args)})"
+    if fn.returns is not None:
+        sig += f" -> {ast.unparse(fn.returns)}"
+    doc = "\n".join("    " + ln if ln else "" for ln in ast.get_docstring(fn, clean=True).splitlines()).strip()
+    return f'{header}{sig}:\n    """ {doc}\n    """\n'
+
+
 def _stdlib_prompts(r: random.Random) -> list[Prompt]:
     stubs, explains, extracts = [], [], []
     for name, text in _stdlib_sources():
@@ -428,6 +467,7 @@ def _stdlib_prompts(r: random.Random) -> list[Prompt]:
         except SyntaxError:
             continue
         lines = text.splitlines()
+        top_level = {n for n in tree.body if isinstance(n, ast.FunctionDef)}
         mdoc = ast.get_docstring(tree, clean=True) or ""
         for para in re.split(r"\n\s*\n", mdoc):
             para = " ".join(para.split())
@@ -441,6 +481,8 @@ def _stdlib_prompts(r: random.Random) -> list[Prompt]:
                 continue
             stub, src = made
             stubs.append(Prompt("code_stub", stub))
+            if node in top_level:
+                stubs.append(Prompt("code_stub", _humaneval_style(name, node, r)))
             if 4 <= src.count("\n") <= 30 and len(src) < 1800:
                 explains.append(Prompt("code_explain", r.choice([
                     "Explain what this Python function does:\n\n```python\n{src}\n```",
