@@ -37,6 +37,21 @@ def test_prompts_diverse_and_free_of_evaluation_prompts(prompt_set):
     assert not any(P.is_evaluation_like(p.text, entry, shingles) for p in prompt_set)
 
 
+def test_humaneval_layout_stubs_from_module_level_functions():
+    """Module-level stdlib functions also appear as completion stubs laid out like HumanEval-style
+    tasks (header, two blank lines, signature, docstring opening with a space), and nothing else."""
+    stubs = [p.text for p in P._stdlib_prompts(random.Random(0)) if p.kind == "code_stub"]
+    styled = [t for t in stubs if '"""' + " " in t.split(":\n", 1)[-1][:12]]
+    assert len(styled) > 100
+    for t in styled:
+        head, _, rest = t.partition("def ")
+        assert head in ("", "from typing import List, Optional\n\n\n", "from typing import Any, Dict, List\n\n\n") \
+            or (head.startswith("import ") and head.endswith("\n\n\n"))
+        assert t.endswith('\n    """\n')
+        assert not any(ln.strip() == "" and ln for ln in t.splitlines())  # blank docstring lines stay empty
+        compile(t + "    pass\n", "<stub>", "exec")
+
+
 def test_guard_catches_evaluation_prompts():
     from jetspec_core.bench.datasets import load_dataset
 

