@@ -243,7 +243,7 @@ def test_shared_graphed_engine_on_gpu():
     head = random_head(t)
     fast = Studio(Loaded(t, make_decoder(t, HeadDrafter(head, t.model), "auto"), "random"))
     ref = Studio(Loaded(t, make_decoder(t, HeadDrafter(head, t.model), "reference"), "random"))
-    assert fast.engine is not None and fast.defaults.budget == 128
+    assert fast.engine is not None and fast.defaults.budget == 64
     prompts = [[1, 2, 3, 4, 5], [7, 8, 9], [11, 12, 13, 14]]
     for mode, budget in (("plain", 1), ("jetspec", 16), ("jetspec", 64)):
         cfg = fast.config(mode, budget=budget, max_new_tokens=32)
