@@ -204,9 +204,20 @@ def test_init_from_a_published_head(tiny_setup, tmp_path):
     for (name, x), y in zip(warm.heads[1].state_dict().items(), tr.heads[1].state_dict().values()):
         # the published file is bf16: equal up to that rounding
         torch.testing.assert_close(x, y.to(torch.bfloat16).float(), atol=0, rtol=0, msg=name)
-    other = Trainer(hf, data, _cfg(steps=5, layers=(2,)), 96, tmp_path / "c", progress=False)
-    with pytest.raises(JetSpecError, match="that head has 1 layers"):
-        other.init_from(folder)
+    # a deeper head grows from it: the published layer first, extra layers pass the stream through
+    grown = Trainer(hf, data, _cfg(steps=5, holdout=0.0, layers=(2, 3)), 96, tmp_path / "c", progress=False)
+    grown.init_from(folder)
+    bt = warm.batch_at(0)
+    taps, _, valid = warm._teacher(bt)
+    want = warm._student(warm.heads[1], bt, taps, valid)
+    for L in (2, 3):
+        torch.testing.assert_close(grown._student(grown.heads[L], bt, taps, valid), want, atol=0, rtol=0)
+    grown.train_step()
+    assert grown.heads[2].layers[1].o_proj.weight.abs().sum() > 0   # training moves the new layer
+    deep = grown.export()[3]
+    shrink = Trainer(hf, data, _cfg(steps=5, layers=(2,)), 96, tmp_path / "d", progress=False)
+    with pytest.raises(JetSpecError, match="that head has 3 layers.*never shrink"):
+        shrink.init_from(deep)
 
 
 def test_config_validation():

@@ -159,6 +159,7 @@ def register(sub) -> None:
     f.add_argument("--seed", type=int, default=_T.seed)
     f.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
     f.add_argument("--init-from", default=None,
-                   help="start from the weights of this head folder (e.g. assets/head) instead of random ones")
+                   help="start from the weights of this head folder (e.g. assets/head) instead of random ones; "
+                        "a head with more --layers grows from it (extra layers start as pass-through)")
     _model_args(f)
     f.set_defaults(func=cmd_fit)

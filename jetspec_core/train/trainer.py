@@ -312,18 +312,28 @@ class Trainer:
 
     def init_from(self, folder: str | Path) -> None:
         """Warm start: every head takes the weights of the published head in `folder`, which must
-        have the same shape (layers, taps, block size) and fit the target."""
+        fit the target and have the same taps, block size and mask token. A head with more draft
+        layers than `folder`'s grows: it takes the published layers as its first ones, and its
+        extra layers start with zero o_proj / down_proj, so they pass the residual stream through
+        unchanged and the grown head drafts exactly as the published one until training moves them."""
         src = DraftHead.load(folder, device=self.device, dtype=torch.float32)
         src.config.check_fits(self.shape)
         for L, h in self.heads.items():
             mine, theirs = h.config, src.config
-            if (theirs.num_hidden_layers, list(theirs.target_layer_ids), theirs.block_size, theirs.mask_token_id) != \
-                    (mine.num_hidden_layers, list(mine.target_layer_ids), mine.block_size, mine.mask_token_id):
+            if theirs.num_hidden_layers > mine.num_hidden_layers or \
+                    (list(theirs.target_layer_ids), theirs.block_size, theirs.mask_token_id) != \
+                    (list(mine.target_layer_ids), mine.block_size, mine.mask_token_id):
                 raise JetSpecError(
                     f"--init-from {folder}: that head has {theirs.num_hidden_layers} layers, taps "
                     f"{theirs.target_layer_ids}, block {theirs.block_size}, mask {theirs.mask_token_id}; this run "
-                    f"trains {L} layers, taps {mine.target_layer_ids}, block {mine.block_size}, mask {mine.mask_token_id}")
-            h.load_state_dict(src.state_dict())
+                    f"trains {L} layers, taps {mine.target_layer_ids}, block {mine.block_size}, mask "
+                    f"{mine.mask_token_id} (a head may grow to more layers, never shrink)")
+            missing, unexpected = h.load_state_dict(src.state_dict(), strict=False)
+            assert not unexpected, unexpected
+            with torch.no_grad():
+                for layer in h.layers[theirs.num_hidden_layers:]:
+                    layer.o_proj.weight.zero_()
+                    layer.down_proj.weight.zero_()
 
     def export(self) -> dict[int, Path]:
         """Write each head as a published-format folder out/L{n}/."""
