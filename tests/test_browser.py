@@ -109,6 +109,8 @@ def test_studio_in_the_browser(server, browser, tmp_path):
     try:
         _flow(page, log)
         _disconnect(browser, url, log)
+        if os.environ.get("JETSPEC_SCREENSHOT"):
+            _showcase(page)
     finally:
         page.screenshot(path=str(shot), full_page=True)
         if os.environ.get("JETSPEC_SCREENSHOT"):  # refresh docs/screenshot.png on demand
@@ -206,6 +208,19 @@ def _flow(page, log):
     page.click("#sweep")
     sweep = wait_plot(page, "sweep-plot", "d.data.length >= 2 && d.data[0].x && d.data[0].x.length === 6")
     assert sweep["traces"][0]["name"] == "τ" and sweep["traces"][1]["name"] == "tokens/s"
+
+
+def _showcase(page):
+    """For docs/screenshot.png only: a code prompt, side by side, long enough to show the charts."""
+    page.fill("#prompt textarea", "Write a Python function that returns the n-th Fibonacci number.")
+    page.click("#mode label:has-text('side by side')")
+    set_number(page, "budget", 16)
+    set_number(page, "max-new-tokens", 32)
+    page.click("#sweep")
+    wait_plot(page, "sweep-plot", "d.data.length >= 2 && d.data[0].x && d.data[0].x.length === 6")
+    set_number(page, "max-new-tokens", 96)
+    generate(page)
+    wait_plot(page, "speed-plot", "d.layout.meta && d.layout.meta.speedup > 0")
 
 
 def _disconnect(browser, url, log):
