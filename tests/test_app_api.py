@@ -50,6 +50,8 @@ def test_api_defaults_and_side_by_side(client):
     assert names == ["prompt", "mode", "budget", "width", "depth", "builder", "temperature", "top_k", "top_p",
                      "seed", "max_new_tokens"]
     assert [p["parameter_has_default"] for p in info["parameters"]] == [False] + [True] * 10
+    defaults = {p["parameter_name"]: p["parameter_default"] for p in info["parameters"][1:]}
+    assert (defaults["budget"], defaults["builder"], defaults["max_new_tokens"]) == (16, "topb", 64)  # CPU
     out = generate(client, prompt=PROMPT, mode="side_by_side", budget=8, max_new_tokens=5)
     assert out["plain"]["token_ids"] == out["token_ids"] and len(out["token_ids"]) == 5
     assert out["plain"]["tau"] == 1.0 and out["plain"]["rounds"] == 5
