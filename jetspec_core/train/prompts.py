@@ -433,17 +433,21 @@ def _stdlib_sources() -> list[tuple[str, str]]:
     return out
 
 
-def _stub_from_def(fn: ast.FunctionDef, src_lines: list[str]) -> tuple[str, str] | None:
-    doc = ast.get_docstring(fn, clean=True)
-    if not doc or len(doc) < 60 or len(doc) > 900 or fn.name.startswith("_"):
-        return None
+def _stub(fn: ast.FunctionDef, doc: str, opening: str = "") -> str:
+    """`def name(args) -> ret:` and the docstring indented under it, `opening` right after the quotes."""
     sig = f"def {fn.name}({ast.unparse(fn.args)})"
     if fn.returns is not None:
         sig += f" -> {ast.unparse(fn.returns)}"
     body = "\n".join("    " + ln if ln else "" for ln in doc.splitlines())
-    stub = f'{sig}:\n    """{body.strip()}\n    """\n'
+    return f'{sig}:\n    """{opening}{body.strip()}\n    """\n'
+
+
+def _stub_from_def(fn: ast.FunctionDef, src_lines: list[str]) -> tuple[str, str] | None:
+    doc = ast.get_docstring(fn, clean=True)
+    if not doc or len(doc) < 60 or len(doc) > 900 or fn.name.startswith("_"):
+        return None
     src = "\n".join(src_lines[fn.lineno - 1:fn.end_lineno])
-    return stub, src
+    return _stub(fn, doc), src
 
 
 def _humaneval_style(module: str, fn: ast.FunctionDef, r: random.Random) -> str:
@@ -452,11 +456,7 @@ def _humaneval_style(module: str, fn: ast.FunctionDef, r: random.Random) -> str:
     target tends to repeat such stubs before completing them, so the head learns to copy)."""
     header = r.choice(["from typing import List, Optional\n\n\n", f"import {module}\n\n\n",
                        "from typing import Any, Dict, List\n\n\n", ""])
-    sig = f"def {fn.name}({ast.unparse(fn.args)})"
-    if fn.returns is not None:
-        sig += f" -> {ast.unparse(fn.returns)}"
-    doc = "\n".join("    " + ln if ln else "" for ln in ast.get_docstring(fn, clean=True).splitlines()).strip()
-    return f'{header}{sig}:\n    """ {doc}\n    """\n'
+    return header + _stub(fn, ast.get_docstring(fn, clean=True), opening=" ")
 
 
 def _stdlib_prompts(r: random.Random) -> list[Prompt]:

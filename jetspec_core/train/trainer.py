@@ -328,7 +328,7 @@ class Trainer:
                     f"{theirs.target_layer_ids}, block {theirs.block_size}, mask {theirs.mask_token_id}; this run "
                     f"trains {L} layers, taps {mine.target_layer_ids}, block {mine.block_size}, mask "
                     f"{mine.mask_token_id} (a head may grow to more layers, never shrink)")
-            missing, unexpected = h.load_state_dict(src.state_dict(), strict=False)
+            unexpected = h.load_state_dict(src.state_dict(), strict=False).unexpected_keys  # a grown head misses keys
             assert not unexpected, unexpected
             with torch.no_grad():
                 for layer in h.layers[theirs.num_hidden_layers:]:
