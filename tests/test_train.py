@@ -74,6 +74,22 @@ def test_prompts_deterministic_and_round_trip(tmp_path):
         P.load_prompts(tmp_path / "missing.jsonl")
 
 
+def test_prompt_selection_kinds_limit_and_shards(prompt_set):
+    """Shards are contiguous, disjoint and cover the selection; kinds filter first; bad input is one line."""
+    shards = [P.select_prompts(prompt_set, shard=(i, 3)) for i in range(3)]
+    assert [len(x) for x in shards] == [500, 500, 500] and sum(shards, []) == prompt_set
+    code = P.select_prompts(prompt_set, kinds=["code_stub", "code_task"])
+    assert code and {p.kind for p in code} == {"code_stub", "code_task"}
+    halves = [P.select_prompts(prompt_set, kinds=["code_stub", "code_task"], limit=101, shard=(i, 2)) for i in (0, 1)]
+    assert halves[0] + halves[1] == code[:101] and len(halves[0]) == 50
+    with pytest.raises(JetSpecError, match="no prompts of kind poetry"):
+        P.select_prompts(prompt_set, kinds=["poetry"])
+    for bad in ("2/2", "1", "a/b", "-1/2"):
+        with pytest.raises(JetSpecError, match="--shard"):
+            P.parse_shard(bad)
+    assert P.parse_shard("1/4") == (1, 4)
+
+
 # -- teacher, generation, batches ---------------------------------------------------------------
 @pytest.mark.parametrize("arch", ["llama", "qwen3"])
 def test_teacher_matches_our_forward(arch):
@@ -134,6 +150,10 @@ def test_make_batch_masks_positions_and_labels():
 # -- training -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_setup():
+    return _tiny_setup()
+
+
+def _tiny_setup():
     torch.set_num_threads(1)  # tiny shapes: threads only add overhead on a shared 2-core box
     hf = teacher_model(target_from_hf(tiny_hf("llama"), name="tiny"))
     g = torch.Generator().manual_seed(0)
@@ -190,6 +210,34 @@ def test_resume_continues_exactly(tiny_setup, tmp_path):
     other = Trainer(hf, data, _cfg(steps=6, layers=(2,)), 96, tmp_path / "b", progress=False)
     with pytest.raises(JetSpecError, match="checkpoint .* is for layers"):
         other.load_checkpoint()
+
+
+def _data_parallel_worker(rank: int, world: int, tmp: Path) -> None:
+    """One rank of a CPU (gloo) data-parallel run; rank 0 saves its head and loss log."""
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp / 'pg'}", rank=rank, world_size=world)
+    hf, data = _tiny_setup()
+    tr = Trainer(hf, data, _cfg(steps=5), 96, tmp / f"rank{rank}", progress=False, rank=rank, world=world)
+    report = tr.run()
+    if rank == 0:
+        torch.save({"head": tr.heads[1].state_dict(), "log": report["log"], "heldout": report["heldout"]}, tmp / "dp.pt")
+    dist.destroy_process_group()
+
+
+def test_data_parallel_training_equals_one_process(tiny_setup, tmp_path):
+    """Two ranks, each on half of every batch, take the same steps as one process on the whole
+    batch (gradients summed over ranks, the KL normalised by the whole batch's rows)."""
+    hf, data = tiny_setup
+    one = Trainer(hf, data, _cfg(steps=5), 96, tmp_path / "one", progress=False)
+    single = one.run()
+    torch.multiprocessing.spawn(_data_parallel_worker, args=(2, tmp_path), nprocs=2)
+    dp = torch.load(tmp_path / "dp.pt", weights_only=False)
+    assert [r["loss_L1"] for r in dp["log"]] == pytest.approx([r["loss_L1"] for r in single["log"]], rel=1e-4)
+    for name, x in one.heads[1].state_dict().items():
+        torch.testing.assert_close(dp["head"][name], x, atol=1e-4, rtol=1e-4, msg=name)
+    assert dp["heldout"]["L1"]["kl"] == pytest.approx(single["heldout"]["L1"]["kl"], rel=1e-4)
+    assert not (tmp_path / "rank1" / "checkpoint.pt").exists()  # rank 0 alone writes
 
 
 def test_init_from_a_published_head(tiny_setup, tmp_path):
@@ -310,8 +358,9 @@ def test_cli_fit_joins_data_files_and_starts_from_the_shipped_head(tmp_path, emb
     DistillData([ids + answer], [len(ids)], ["code"], fp).save(tmp_path / "a.safetensors")
     DistillData([ids + answer[::-1], ids[:5] + answer], [len(ids), 5], ["code", "x"], fp).save(tmp_path / "b.safetensors")
     out = tmp_path / "run"
+    layers = json.loads((DEFAULT_HEAD / "config.json").read_text())["num_hidden_layers"]
     rc, stdout, err = run_cli(capsys, "train", "fit", "--data", str(tmp_path / "a.safetensors"),
-                              str(tmp_path / "b.safetensors"), "--out", str(out), "--layers", "2", "--steps", "2",
+                              str(tmp_path / "b.safetensors"), "--out", str(out), "--layers", str(layers), "--steps", "2",
                               "--batch-size", "2", "--anchors", "2", "--holdout", "0", "--init-from",
                               str(DEFAULT_HEAD), "--device", "cpu", "--no-progress")
     assert rc == 0, err

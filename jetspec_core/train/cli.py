@@ -2,11 +2,14 @@
 
     train prompts --out prompts.jsonl                 # the offline prompt set (seeded)
     train data --prompts prompts.jsonl --out d.safetensors --max-new-tokens 320
+    CUDA_VISIBLE_DEVICES=1 train data --prompts prompts.jsonl --shard 1/2 ...   # one slice per GPU
     train fit --data d.safetensors --out runs/head --layers 1 2 3 --time-limit 240
 
 `fit` writes one published-format head per layer count (out/L1, out/L2, ...), copies the one
 with the best held-out chain acceptance to out/head, and a `train_report.json`. It checkpoints
-to out/checkpoint.pt; `--resume` continues from there exactly.
+to out/checkpoint.pt; `--resume` continues from there exactly. Under
+`torchrun --nproc-per-node N -m jetspec_core train fit ...` it trains data-parallel on N GPUs
+(the same steps and batches as one process, N times the throughput).
 """
 from __future__ import annotations
 
@@ -48,15 +51,17 @@ def cmd_prompts(a: argparse.Namespace) -> int:
 def cmd_data(a: argparse.Namespace) -> int:
     from ..target import load_target
     from .distill import distill
-    from .prompts import build_prompts, load_prompts
+    from .prompts import build_prompts, load_prompts, parse_shard, select_prompts
     from .teacher import teacher_model
 
+    shard = parse_shard(a.shard)  # validate before the slow loads
     if a.prompts:
         prompts, digest = load_prompts(a.prompts)
     else:
         prompts, digest = build_prompts(a.count, a.seed), f"built:count={a.count}:seed={a.seed}"
-    if a.limit:
-        prompts = prompts[: a.limit]
+    prompts = select_prompts(prompts, a.kinds, a.limit, shard)
+    if not prompts:
+        raise JetSpecError("no prompts left after --kinds/--limit/--shard")
     target = load_target(a.target, device=a.device, dtype=a.dtype)
     hf = teacher_model(target)
     data = distill(target, hf, prompts, a.max_new_tokens, a.batch_size, a.temperature, a.seed, a.time_limit,
@@ -75,6 +80,25 @@ def _train_config(a: argparse.Namespace) -> TrainConfig:
                        ckpt_every_s=a.ckpt_every)
 
 
+def _distributed(device: str) -> tuple[int, int, str]:
+    """(rank, world, device) under `torchrun --nproc-per-node N` (one process per GPU: rank r takes
+    cuda:LOCAL_RANK); (0, 1, device) otherwise."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    import torch
+    import torch.distributed as dist
+
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        device = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return rank, world, device
+
+
 def cmd_fit(a: argparse.Namespace) -> int:
     from ..loading import pick_mask_token
     from ..target import load_target
@@ -87,17 +111,27 @@ def cmd_fit(a: argparse.Namespace) -> int:
     if (out / "checkpoint.pt").is_file() and not a.resume:
         raise JetSpecError(f"{out} already holds a checkpoint; pass --resume to continue it or choose another --out")
     data = DistillData.concat([DistillData.load(x) for x in a.data], list(a.data))
-    target = load_target(a.target, device=a.device, dtype=a.dtype)
+    rank, world, device = _distributed(a.device)
+    target = load_target(a.target, device=device, dtype=a.dtype)
     data.check_tokenizer(tokenizer_fingerprint(target.tokenizer, target.shape.vocab_size), f"training data {', '.join(a.data)}")
     hf = teacher_model(target)
     t0 = time.perf_counter()
-    trainer = Trainer(hf, data, cfg, pick_mask_token(target), out, progress=not a.no_progress)
+    trainer = Trainer(hf, data, cfg, pick_mask_token(target), out, progress=not a.no_progress, rank=rank, world=world)
+    say = (lambda m: print(m, file=sys.stderr)) if rank == 0 else (lambda m: None)
+    if world > 1:
+        say(f"[train] data parallel over {world} processes: {cfg.batch_size} sequences per step in all")
     if a.resume and trainer.load_checkpoint():
-        print(f"[train] resumed at step {trainer.step} of {trainer.total_steps}", file=sys.stderr)
+        say(f"[train] resumed at step {trainer.step} of {trainer.total_steps}")
     elif a.init_from:
         trainer.init_from(a.init_from)
-        print(f"[train] heads start from the weights in {a.init_from}", file=sys.stderr)
+        say(f"[train] heads start from the weights in {a.init_from}")
     report = trainer.run()
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+        if rank != 0:
+            return 0
     trainer.export()
     best = pick_best(report) or cfg.layers[0]
     if (out / "head").exists():
@@ -130,6 +164,9 @@ def register(sub) -> None:
     d.add_argument("--prompts", default=None, help="prompt JSONL from `train prompts` (default: build it now)")
     d.add_argument("--count", type=int, default=8000, help="prompts to build when --prompts is not given")
     d.add_argument("--limit", type=int, default=0, help="use only the first N prompts")
+    d.add_argument("--kinds", nargs="+", default=None, help="only prompts of these kinds (e.g. code_stub code_task)")
+    d.add_argument("--shard", default="0/1",
+                   help="I/N: answer the I-th of N contiguous slices (after --kinds and --limit), e.g. one per GPU")
     d.add_argument("--max-new-tokens", type=int, default=320)
     d.add_argument("--max-prompt-tokens", type=int, default=512, help="skip longer prompts")
     d.add_argument("--batch-size", type=int, default=512, help="prompts per generate call")

@@ -571,6 +571,33 @@ def build_prompts(count: int = 8000, seed: int = 0) -> list[Prompt]:
     return out[:count]
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+    """'I/N' → (I, N) with 0 <= I < N (the I-th of N contiguous slices)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise JetSpecError(f"--shard takes I/N, e.g. 0/2, got {text!r}") from None
+    if not 0 <= i < n:
+        raise JetSpecError(f"--shard {text}: need 0 <= I < N")
+    return i, n
+
+
+def select_prompts(prompts: list[Prompt], kinds: list[str] | None = None, limit: int = 0,
+                   shard: tuple[int, int] = (0, 1)) -> list[Prompt]:
+    """Keep the given kinds, then the first `limit`, then the shard-th of N contiguous slices
+    (so N machines, or N GPUs of one, each answer one slice of the same file)."""
+    if kinds:
+        known = {p.kind for p in prompts}
+        unknown = sorted(set(kinds) - known)
+        if unknown:
+            raise JetSpecError(f"no prompts of kind {', '.join(unknown)}; the file has {', '.join(sorted(known))}")
+        prompts = [p for p in prompts if p.kind in set(kinds)]
+    if limit:
+        prompts = prompts[:limit]
+    i, n = shard
+    return prompts[i * len(prompts) // n:(i + 1) * len(prompts) // n]
+
+
 def save_prompts(prompts: list[Prompt], path: str | Path) -> str:
     """Write JSONL; returns the sha256 of the file."""
     text = "".join(json.dumps({"kind": p.kind, "text": p.text}) + "\n" for p in prompts)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -87,9 +88,29 @@ class Batch:
     att: torch.Tensor          # (b, n) 1 on real tokens
     block_ids: torch.Tensor    # (b, k·B) [anchor, MASK…] per block
     block_pos: torch.Tensor    # (b, k·B) absolute positions a + i
-    mask: torch.Tensor         # (b, k·B, n + k·B) bool
+    anchors: torch.Tensor      # (b, k) anchor positions a (0 for unused slots)
     label_pos: torch.Tensor    # (b, k, B−1) position whose target distribution is the label of depth d
     valid: torch.Tensor        # (b, k, B−1) bool: the depth has a label (inside the sequence)
+
+    def mask_on(self, device) -> torch.Tensor:
+        """(b, k·B, n + k·B) bool attention mask of the head, built on `device` (tens of MB per
+        step: building it on the host and copying it cost more than the GPU step itself)."""
+        k = self.anchors.shape[1]
+        return block_mask(self.anchors.to(device), self.ids.shape[1], self.block_ids.shape[1] // k)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        return self.mask_on(self.anchors.device)
+
+
+def block_mask(anchors: torch.Tensor, n: int, block: int) -> torch.Tensor:
+    """Row j·B + i (block j, slot i) sees context rows < anchors[:, j] and slots ≤ i of its own block."""
+    b, k = anchors.shape
+    dev = anchors.device
+    ctx = torch.arange(n, device=dev)[None, None, :] < anchors.repeat_interleave(block, dim=1)[..., None]
+    rb = torch.arange(k * block, device=dev)
+    in_block = (rb[:, None] // block == rb[None, :] // block) & (rb[None, :] <= rb[:, None])
+    return torch.cat([ctx, in_block.expand(b, -1, -1)], dim=2)
 
 
 def _perm_index(k: int, n: int, seed: int, cache: dict) -> int:
@@ -128,20 +149,21 @@ def make_batch(seqs: list[list[int]], plens: list[int], anchors: int, block: int
     blk = torch.full((b, k, B), mask_id, dtype=torch.long)
     blk[:, :, 0] = ids.gather(1, A)
     block_pos = (A[..., None] + torch.arange(B)).reshape(b, k * B)
-    anchor_of_row = A.repeat_interleave(B, dim=1)                        # (b, k·B)
-    ctx_mask = torch.arange(n)[None, None, :] < anchor_of_row[..., None]  # (b, k·B, n)
-    rb = torch.arange(k * B)
-    in_block = (rb[:, None] // B == rb[None, :] // B) & (rb[None, :] <= rb[:, None])  # (k·B, k·B)
-    mask = torch.cat([ctx_mask, in_block.expand(b, -1, -1)], dim=2)
-    return Batch(ids, att, blk.reshape(b, k * B), block_pos, mask, label_pos, valid)
+    return Batch(ids, att, blk.reshape(b, k * B), block_pos, A, label_pos, valid)
 
 
 class Trainer:
     """Holds the teacher, the heads and their optimizers; `run` trains, `evaluate` measures."""
 
     def __init__(self, hf, data: DistillData, cfg: TrainConfig, mask_token_id: int, out_dir: str | Path,
-                 progress: bool = True):
-        self.hf, self.data, self.cfg, self.progress = hf, data, cfg, progress
+                 progress: bool = True, rank: int = 0, world: int = 1):
+        """rank / world: data parallelism over `world` processes (torch.distributed must be set up):
+        every process builds the step's whole batch, trains on its share of the sequences, and the
+        summed gradients make the step equal to one process's (up to summation order). Rank 0 alone
+        evaluates, logs, checkpoints and decides when to stop."""
+        self.hf, self.data, self.cfg = hf, data, cfg
+        self.rank, self.world = rank, world
+        self.progress = progress and rank == 0
         self.out = Path(out_dir)
         self.device = next(hf.parameters()).device
         self.embed = hf.get_input_embeddings().weight
@@ -207,32 +229,72 @@ class Trainer:
             ctx = head.fuse(taps)                                                  # (b, n, H)
             block = F.embedding(bt.block_ids.to(dev), self.embed)                  # (b, k·B, H)
             ctx_pos = torch.arange(ctx.shape[1], device=dev).expand(b, -1)
-            out = head(block.to(ctx.dtype), bt.block_pos.to(dev), ctx, ctx_pos, bt.mask.to(dev))
+            out = head(block.to(ctx.dtype), bt.block_pos.to(dev), ctx, ctx_pos, bt.mask_on(dev))
             out = out.view(b, kB // B, B, -1)[:, :, 1:][valid]                      # (Nv, H)
             logits = F.linear(out, self.lm_head)
         return logits.float()
 
-    def _kl(self, s_logits: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+    def _kl(self, s_logits: torch.Tensor, t_logits: torch.Tensor, rows: int | None = None) -> torch.Tensor:
+        """Mean forward KL over `rows` labelled rows (default: those given; data-parallel ranks
+        pass the whole batch's count so that their sums add up to the mean)."""
         T = self.cfg.kl_temperature
         logq = F.log_softmax(s_logits / T, dim=-1)
         logp = F.log_softmax(t_logits / T, dim=-1)
-        return F.kl_div(logq, logp, log_target=True, reduction="sum") / max(1, s_logits.shape[0]) * T * T
+        n = s_logits.shape[0] if rows is None else rows
+        return F.kl_div(logq, logp, log_target=True, reduction="sum") / max(1, n) * T * T
 
-    def train_step(self) -> dict[int, float]:
-        bt = self.batch_at(self.step)
+    def _share(self, bt: Batch) -> tuple[Batch, int]:
+        """This rank's sequences of the step's batch (every world-th), and the batch's labelled rows."""
+        rows = int(bt.valid.sum())
+        if self.world == 1:
+            return bt, rows
+        part = slice(self.rank, None, self.world)
+        return Batch(**{f.name: getattr(bt, f.name)[part] for f in fields(Batch)}), rows
+
+    def _sum_over_ranks(self, tensors: list[torch.Tensor]) -> None:
+        """In place: every tensor becomes its sum over the ranks (one flat all-reduce)."""
+        import torch.distributed as dist
+
+        flat = torch.cat([t.reshape(-1).float() for t in tensors])
+        dist.all_reduce(flat)
+        i = 0
+        for t in tensors:
+            t.copy_(flat[i:i + t.numel()].view_as(t))
+            i += t.numel()
+
+    def _agree(self, stop: bool) -> bool:
+        """Rank 0's stop decision and schedule length, for every rank (a no-op on one process)."""
+        if self.world == 1:
+            return stop
+        import torch.distributed as dist
+
+        t = torch.tensor([int(stop), self.total_steps], device=self.device)
+        dist.broadcast(t, 0)
+        self.total_steps = int(t[1])
+        return bool(t[0])
+
+    def train_step(self, bt: Batch | None = None) -> dict[int, float]:
+        """One optimizer step of every head on `bt` (default: this step's batch, `batch_at(step)`)."""
+        bt, rows = self._share(self.batch_at(self.step) if bt is None else bt)
         taps, t_logits, valid = self._teacher(bt)
         losses = {}
         for L, head in self.heads.items():
             opt = self.opts[L]
             for g in opt.param_groups:
                 g["lr"] = self.cfg.lr_at(self.step, self.total_steps)
-            loss = self._kl(self._student(head, bt, taps, valid), t_logits)
+            loss = self._kl(self._student(head, bt, taps, valid), t_logits, rows)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            loss = loss.detach().reshape(1)
+            if self.world > 1:
+                for p in head.parameters():
+                    if p.grad is None:
+                        p.grad = torch.zeros_like(p)
+                self._sum_over_ranks([p.grad for p in head.parameters()] + [loss])
             if self.cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(head.parameters(), self.cfg.grad_clip)
             opt.step()
-            losses[L] = float(loss.detach())
+            losses[L] = float(loss)
         self.step += 1
         return losses
 
@@ -359,31 +421,43 @@ class Trainer:
 
         c = self.cfg
         t0 = last_ckpt = time.perf_counter()
-        done_here = 0
+        done_here, start = 0, self.step   # replanning looks at this session's part of the schedule
         bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.progress)
-        while self.step < self.total_steps:
+        # the next step's batch is built on the host while this step runs on the device (batch_at
+        # depends on the step number only, so prefetching changes nothing of the result)
+        pool = ThreadPoolExecutor(max_workers=1)
+        ahead = (self.step, pool.submit(self.batch_at, self.step))
+        while True:
             elapsed = time.perf_counter() - t0
-            if c.time_limit_s is not None and elapsed > c.time_limit_s - c.reserve_s:
-                bar.write(f"[train] time limit: stopping at step {self.step} of {self.total_steps}")
+            out_of_time = c.time_limit_s is not None and elapsed > c.time_limit_s - c.reserve_s
+            if self._agree(out_of_time or self.step >= self.total_steps):  # every rank stops together
+                if out_of_time and self.step < self.total_steps:
+                    bar.write(f"[train] time limit: stopping at step {self.step} of {self.total_steps}")
                 break
-            losses = self.train_step()
+            bt = ahead[1].result() if ahead[0] == self.step else self.batch_at(self.step)
+            ahead = (self.step + 1, pool.submit(self.batch_at, self.step + 1))
+            losses = self.train_step(bt)
             done_here += 1
             if self.step % c.log_every == 0 or self.step == 1:
                 self.log.append({"step": self.step, "t": round(elapsed, 1),
                                  "lr": self.cfg.lr_at(self.step - 1, self.total_steps),
                                  **{f"loss_L{L}": round(v, 4) for L, v in losses.items()}})
-            if done_here in (10, 25) or (done_here % 50 == 0 and self.step < 0.6 * self.total_steps):
+            if self.rank == 0 and (done_here in (10, 25) or (
+                    done_here % 50 == 0 and self.step - start < 0.6 * (self.total_steps - start))):
                 self._replan(t0, done_here)
                 bar.total = self.total_steps
-            if c.eval_every and self.step % c.eval_every == 0 and self.hold_idx:
+            if c.eval_every and self.step % c.eval_every == 0 and self.hold_idx and self.rank == 0:
                 ev = self.evaluate(max_sequences=64)
                 self.evals.append({"step": self.step, **{f"L{L}": v for L, v in ev.items()}})
-            if time.perf_counter() - last_ckpt > c.ckpt_every_s:
+            if time.perf_counter() - last_ckpt > c.ckpt_every_s and self.rank == 0:
                 self.save_checkpoint()
                 last_ckpt = time.perf_counter()
             bar.update(1)
             bar.set_postfix({f"L{L}": f"{v:.3f}" for L, v in losses.items()})
         bar.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if self.rank != 0:
+            return {"step": self.step, "rank": self.rank}
         self.save_checkpoint()
         final = self.evaluate() if self.hold_idx else {}
         return {"step": self.step, "total_steps": self.total_steps, "train_seconds": round(time.perf_counter() - t0, 1),
