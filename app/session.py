@@ -70,8 +70,8 @@ def ui_defaults(device_type: str) -> DecodeConfig:
     shows most at small budgets — on a 2-core CPU (fp32, budget 16, shipped head, 4 + 4 prompts,
     128 tokens) topb accepted τ 2.89 / 2.06 on HumanEval / MT-Bench against 2.57 / 1.98."""
     if device_type == "cuda":
-        # measured on an H200 (docs/engine.md): with the shipped head budget 64 ran 1.74x / 1.32x
-        # plain on HumanEval / MT-Bench against 1.71x / 1.26x at 256; an earlier head: 64 > 128 > 256
+        # measured on an H200 (docs/engine.md), shipped head, topb: budget 64 ran 1.82x / 1.35x plain
+        # on HumanEval / MT-Bench, 256 ran 2.02x / 1.30x; 64 is the safer choice for chat-like prompts
         return replace(DecodeConfig(), budget=64, builder="topb", max_new_tokens=256)
     # measured on a 2-core CPU: a 16-node verify costs ~2 plain steps; larger trees do not pay
     return replace(DecodeConfig(), budget=16, builder="topb", max_new_tokens=64)

