@@ -191,6 +191,16 @@ def test_training_loss_falls_and_agreement_is_reported(tiny_setup, tmp_path):
     assert head.config.mask_token_id == 96 and head.config.block_size == 16
 
 
+def test_profile_splits_the_step_time(tiny_setup, tmp_path):
+    hf, data = tiny_setup
+    report = Trainer(hf, data, _cfg(steps=4, layers=(1, 2), profile=True), 96, tmp_path, progress=False).run()
+    prof = report["profile_s"]
+    assert set(prof) == {"batch_wait", "teacher", "student_L1", "student_L2", "update"}, prof
+    assert all(v >= 0 for v in prof.values()) and report["profiled_steps"] == report["steps_here"] == 4
+    assert sum(prof.values()) <= report["seconds_per_step"] * 4 + 2e-3  # rounding: 4 decimals each
+    assert "profile_s" not in Trainer(hf, data, _cfg(steps=1), 96, tmp_path / "b", progress=False).run()
+
+
 def test_resume_continues_exactly(tiny_setup, tmp_path):
     hf, data = tiny_setup
     straight = Trainer(hf, data, _cfg(steps=6), 96, tmp_path / "a", progress=False)

@@ -77,7 +77,7 @@ def _train_config(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(layers=tuple(a.layers), steps=a.steps, time_limit_s=a.time_limit, batch_size=a.batch_size,
                        anchors=a.anchors, lr=a.lr, warmup=a.warmup, holdout=a.holdout,
                        kl_temperature=a.kl_temperature, eval_every=a.eval_every, seed=a.seed,
-                       ckpt_every_s=a.ckpt_every)
+                       ckpt_every_s=a.ckpt_every, profile=a.profile)
 
 
 def _distributed(device: str) -> tuple[int, int, str]:
@@ -143,7 +143,9 @@ def cmd_fit(a: argparse.Namespace) -> int:
     write_report(report, out / "train_report.json")
     summary = {k: {"chain_tau_estimate": round(v["chain_tau_estimate"], 3), "top1_d1": v["top1_per_depth"][0]}
                for k, v in report["heldout"].items()}
-    print(json.dumps({"out": str(out), "steps": report["step"], "best_layers": best, "heldout": summary}))
+    print(json.dumps({"out": str(out), "steps": report["step"], "best_layers": best, "heldout": summary,
+                      "seconds_per_step": report["seconds_per_step"],
+                      **({"profile_s": report["profile_s"]} if "profile_s" in report else {})}))
     return 0
 
 
@@ -194,6 +196,9 @@ def register(sub) -> None:
     f.add_argument("--eval-every", type=int, default=_T.eval_every, help="steps between held-out checks (0: end only)")
     f.add_argument("--ckpt-every", type=float, default=_T.ckpt_every_s, help="seconds between checkpoints")
     f.add_argument("--seed", type=int, default=_T.seed)
+    f.add_argument("--profile", action="store_true",
+                   help="time each phase of a step (batch wait, teacher, student, update; synchronises the "
+                        "device, so slightly slower) into train_report.json's profile_s")
     f.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
     f.add_argument("--init-from", default=None,
                    help="start from the weights of this head folder (e.g. assets/head) instead of random ones; "

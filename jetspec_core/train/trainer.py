@@ -56,6 +56,7 @@ class TrainConfig:
     block_size: int = 16
     seed: int = 0
     log_every: int = 10
+    profile: bool = False               # time each phase of a step (synchronises the device)
 
     def __post_init__(self) -> None:
         self.layers = tuple(int(x) for x in self.layers)
@@ -192,6 +193,7 @@ class Trainer:
         self.log: list[dict] = []
         self.evals: list[dict] = []
         self._perm_cache: dict = {}
+        self.timing: dict[str, float] = {}   # seconds per phase, summed over steps (cfg.profile)
 
     # -- one step -------------------------------------------------------------------------------
     def _autocast(self):
@@ -273,10 +275,22 @@ class Trainer:
         self.total_steps = int(t[1])
         return bool(t[0])
 
+    def _mark(self, phase: str, since: float) -> float:
+        """With cfg.profile: wait for the device, add the time since `since` to `phase`; returns now."""
+        if not self.cfg.profile:
+            return since
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        now = time.perf_counter()
+        self.timing[phase] = self.timing.get(phase, 0.0) + now - since
+        return now
+
     def train_step(self, bt: Batch | None = None) -> dict[int, float]:
         """One optimizer step of every head on `bt` (default: this step's batch, `batch_at(step)`)."""
+        t = time.perf_counter()
         bt, rows = self._share(self.batch_at(self.step) if bt is None else bt)
         taps, t_logits, valid = self._teacher(bt)
+        t = self._mark("teacher", t)
         losses = {}
         for L, head in self.heads.items():
             opt = self.opts[L]
@@ -285,6 +299,7 @@ class Trainer:
             loss = self._kl(self._student(head, bt, taps, valid), t_logits, rows)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            t = self._mark(f"student_L{L}", t)
             loss = loss.detach().reshape(1)
             if self.world > 1:
                 for p in head.parameters():
@@ -295,6 +310,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(head.parameters(), self.cfg.grad_clip)
             opt.step()
             losses[L] = float(loss)
+            t = self._mark("update", t)
         self.step += 1
         return losses
 
@@ -434,7 +450,9 @@ class Trainer:
                 if out_of_time and self.step < self.total_steps:
                     bar.write(f"[train] time limit: stopping at step {self.step} of {self.total_steps}")
                 break
+            t_wait = time.perf_counter()
             bt = ahead[1].result() if ahead[0] == self.step else self.batch_at(self.step)
+            self._mark("batch_wait", t_wait)
             ahead = (self.step + 1, pool.submit(self.batch_at, self.step + 1))
             losses = self.train_step(bt)
             done_here += 1
@@ -454,13 +472,18 @@ class Trainer:
                 last_ckpt = time.perf_counter()
             bar.update(1)
             bar.set_postfix({f"L{L}": f"{v:.3f}" for L, v in losses.items()})
+        loop_seconds = time.perf_counter() - t0
         bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
         if self.rank != 0:
             return {"step": self.step, "rank": self.rank}
         self.save_checkpoint()
         final = self.evaluate() if self.hold_idx else {}
-        return {"step": self.step, "total_steps": self.total_steps, "train_seconds": round(time.perf_counter() - t0, 1),
+        profile = {"profile_s": {k: round(v, 4) for k, v in self.timing.items()}, "profiled_steps": done_here} \
+            if c.profile else {}
+        return {**profile, "step": self.step, "total_steps": self.total_steps,
+                "train_seconds": round(time.perf_counter() - t0, 1), "steps_here": done_here,
+                "seconds_per_step": round(loop_seconds / max(1, done_here), 4),
                 "heldout": {f"L{L}": v for L, v in final.items()}, "log": self.log, "evals": self.evals,
                 "train_sequences": len(self.train_idx), "heldout_sequences": len(self.hold_idx)}
 
