@@ -447,7 +447,7 @@ class Trainer:
             elapsed = time.perf_counter() - t0
             out_of_time = c.time_limit_s is not None and elapsed > c.time_limit_s - c.reserve_s
             if self._agree(out_of_time or self.step >= self.total_steps):  # every rank stops together
-                if out_of_time and self.step < self.total_steps:
+                if out_of_time and self.step < self.total_steps and self.rank == 0:
                     bar.write(f"[train] time limit: stopping at step {self.step} of {self.total_steps}")
                 break
             t_wait = time.perf_counter()
