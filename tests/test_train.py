@@ -323,6 +323,11 @@ def test_cli_refuses_data_from_another_tokenizer(tmp_path, embedded, capsys):
                     "does not exist")
     one_line_error(run_cli(capsys, "train", "fit", "--data", str(tmp_path / "other.safetensors"), *common,
                          "--layers", "0"), "layers must be")
+    P.save_prompts([P.Prompt("chat", "Hello there.")], tmp_path / "p.jsonl")
+    data = ["train", "data", "--prompts", str(tmp_path / "p.jsonl"), *common]
+    one_line_error(run_cli(capsys, *data, "--shard", "2/2"), "need 0 <= I < N")
+    one_line_error(run_cli(capsys, *data, "--kinds", "poetry"), "no prompts of kind poetry")
+    one_line_error(run_cli(capsys, *data, "--shard", "0/2"), "no prompts left")  # one prompt: slice 0 of 2 is empty
 
 
 def test_cli_help_lists_subcommands(capsys):
