@@ -587,11 +587,11 @@ def select_prompts(prompts: list[Prompt], kinds: list[str] | None = None, limit:
     """Keep the given kinds, then the first `limit`, then the shard-th of N contiguous slices
     (so N machines, or N GPUs of one, each answer one slice of the same file)."""
     if kinds:
-        known = {p.kind for p in prompts}
-        unknown = sorted(set(kinds) - known)
-        if unknown:
-            raise JetSpecError(f"no prompts of kind {', '.join(unknown)}; the file has {', '.join(sorted(known))}")
-        prompts = [p for p in prompts if p.kind in set(kinds)]
+        wanted, known = set(kinds), {p.kind for p in prompts}
+        if wanted - known:
+            raise JetSpecError(f"no prompts of kind {', '.join(sorted(wanted - known))}; "
+                               f"the file has {', '.join(sorted(known))}")
+        prompts = [p for p in prompts if p.kind in wanted]
     if limit:
         prompts = prompts[:limit]
     i, n = shard
