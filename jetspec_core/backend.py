@@ -7,6 +7,13 @@ Setting (read at call time): `force(name)` if a test set one, else $JETSPEC_BACK
   tests), else an error;
 - reference: always the PyTorch references.
 
+Batch-invariant mode (the target's forward computes every row the same way whatever the number
+of rows, so greedy JetSpec equals plain greedy decoding in bf16 too; see
+`kernels/bi_matmul.py`, `kernels/bi_attention.py`): `force_batch_invariant(on)` if a test set
+it, else $JETSPEC_BATCH_INVARIANT (1/0, default 0). `batch_invariant(device, requested)` says
+whether it applies: only where the Triton kernels run (CUDA; CPU only under the interpreter
+with backend 'triton', for tests). On CPU the fp32 reference path is exact anyway.
+
 Everything else calls the functions below with one signature each and never asks which
 backend runs. `configure(model)` installs the matching `TargetModel.attend` (our forward's
 attention hook) and `compact(cache, rows)` moves accepted K/V rows, so the decoder uses the
@@ -25,7 +32,10 @@ from .model import KVCache, sdpa_attend
 
 BACKENDS = ("auto", "triton", "reference")
 ENV = "JETSPEC_BACKEND"
+BI_ENV = "JETSPEC_BATCH_INVARIANT"
+TREE_ENV = "JETSPEC_TREE_KERNEL"
 _forced: str | None = None
+_forced_bi: bool | None = None
 
 
 def force(name: str | None) -> None:
@@ -80,6 +90,61 @@ def use_triton(t: torch.Tensor) -> bool:
         raise JetSpecError(f"backend 'triton' needs CUDA tensors (got {t.device}); set {ENV}=auto or "
                            "reference, or TRITON_INTERPRET=1 to interpret the kernels on CPU")
     return True
+
+
+def tree_kernel(t: torch.Tensor) -> bool:
+    """Whether the engine builds its trees with the single-launch Triton kernel
+    (`kernels/tree_build.py`): always under backend 'triton'; under 'auto' only with
+    $JETSPEC_TREE_KERNEL=1, because the kernel has not been timed on a GPU yet (the graphed tensor ops,
+    measured, stay the default there)."""
+    if setting() == "auto" and os.environ.get(TREE_ENV, "").strip() not in ("1", "true", "on", "yes"):
+        return False
+    return use_triton(t)
+
+
+# ---------------------------------------------------------------- batch-invariant mode
+
+def force_batch_invariant(on: bool | None) -> None:
+    """Force batch-invariant mode on or off for this process (tests); None: back to $JETSPEC_BATCH_INVARIANT."""
+    global _forced_bi
+    _forced_bi = None if on is None else bool(on)
+
+
+@contextmanager
+def forced_batch_invariant(on: bool | None):
+    """`with forced_batch_invariant(True): ...` — force the mode inside a block."""
+    before = _forced_bi
+    force_batch_invariant(on)
+    try:
+        yield
+    finally:
+        force_batch_invariant(before)
+
+
+def batch_invariant_setting() -> bool:
+    """Whether batch-invariant mode is asked for (forced, else $JETSPEC_BATCH_INVARIANT; default off)."""
+    if _forced_bi is not None:
+        return _forced_bi
+    raw = os.environ.get(BI_ENV, "").strip().lower()
+    if raw in ("", "0", "false", "off", "no"):
+        return False
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    raise JetSpecError(f"{BI_ENV}={raw!r}: use 1 or 0")
+
+
+def batch_invariant(device: torch.device | str, requested: bool | None = None) -> bool:
+    """Whether the target forward on `device` runs batch-invariant: asked for (`requested`, None:
+    the setting) and the Triton kernels run there. Asked for on CUDA with the kernels off (backend
+    'reference', no triton) is an error; on CPU (without the interpreter) it is simply off."""
+    on = batch_invariant_setting() if requested is None else bool(requested)
+    if not on:
+        return False
+    device = torch.device(device)
+    if device.type == "cuda" and (setting() == "reference" or not _triton_available()):
+        raise JetSpecError(f"batch-invariant mode needs the Triton kernels on CUDA; {ENV}="
+                           f"{setting()!r} and triton {'is' if _triton_available() else 'is not'} installed")
+    return use_triton(torch.empty(0, device=device))
 
 
 # ---------------------------------------------------------------- the kernels, one signature each

@@ -19,6 +19,35 @@ PROMPTS = [
 ]
 
 
+def interpreted(*modules: str) -> list:
+    """Import kernel modules (dotted names) so that, without CUDA, their kernels run through the
+    Triton interpreter: the switch must be on when triton is first imported and when the
+    @triton.jit decorators run, so each module is (re)imported with TRITON_INTERPRET=1 (in case
+    another test imported it compiled before) and the switch is put back afterwards, not leaked
+    into other modules' imports. The kernel test files (tests/test_kernels*.py) call this before
+    anything else imports triton, and run in their own process (see README)."""
+    import importlib
+
+    if torch.cuda.is_available():
+        return [importlib.import_module(m) for m in modules]
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        return [importlib.reload(importlib.import_module(m)) for m in modules]
+    finally:
+        if before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+
+
+@pytest.fixture
+def triton_interpreter(monkeypatch):
+    """Triton checks the switch again at launch time: keep it on during a kernel test (CPU)."""
+    if not torch.cuda.is_available():
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return

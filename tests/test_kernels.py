@@ -9,28 +9,15 @@ the decoder's greedy equality with the kernels on and off.
 """
 from __future__ import annotations
 
-import importlib
 import itertools
-import os
 
 import pytest
 import torch
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    _before = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-import jetspec_core.kernels.accept_walk as aw  # noqa: E402
-import jetspec_core.kernels.kv_compact as kc  # noqa: E402
-import jetspec_core.kernels.tree_attention as ta  # noqa: E402
+from conftest import interpreted
 
-if not CUDA:
-    for _m in (ta, aw, kc):  # in case another test imported them compiled before
-        importlib.reload(_m)
-    if _before is None:  # don't leak the switch into other modules' imports
-        del os.environ["TRITON_INTERPRET"]
-    else:
-        os.environ["TRITON_INTERPRET"] = _before
+CUDA = torch.cuda.is_available()
+ta, aw, kc = interpreted('jetspec_core.kernels.tree_attention', 'jetspec_core.kernels.accept_walk', 'jetspec_core.kernels.kv_compact')
 
 from conftest import OracleDrafter, tiny_hf  # noqa: E402
 from jetspec_core import backend  # noqa: E402
@@ -45,11 +32,7 @@ from jetspec_core.tree import Tree  # noqa: E402
 DEV = torch.device("cuda" if CUDA else "cpu")
 
 
-@pytest.fixture(autouse=True)
-def _interpreter(monkeypatch):
-    """Triton checks the switch again at launch time: keep it on during these tests (CPU)."""
-    if not CUDA:
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 TOL = {torch.float32: 1e-4, torch.float16: 3e-3, torch.bfloat16: 2.5e-2}  # atol = rtol per dtype
 
 

@@ -7,7 +7,9 @@
   shapes; `--sweep` also times other tile configurations and split-K counts in every cell;
 - the greedy and sampled accept walks against their tensor-op references, and the host syncs
   a round pays for them (the walk itself none, reading its result one);
-- KV compaction of a 16-row path in all layers at once against the gather/scatter reference.
+- KV compaction of a 16-row path in all layers at once against the gather/scatter reference;
+- the one-launch tree builder against the tensor-op builders it replaces (topb and accum_logp,
+  width 7 and 16, budget 64 and 256, 15 depths; the torch.topk before both is not timed).
 
 GPU time per call: CALLS calls captured in one CUDA graph, replayed REPLAYS times (CUDA events),
 median / CALLS, in microseconds; this leaves out the host's launch overhead, as the graphed
@@ -33,6 +35,7 @@ NODES = (16, 64, 256)
 PREFIXES = (512, 4096)
 WALK_NODES = (16, 64, 256, 1024)
 CACHE_SHAPES = {"SmolLM2-135M": (30, 3, 64), "Qwen3-8B": (36, 8, 128)}  # (layers, Hkv, head_dim)
+TREE_BUILDERS, TREE_WIDTHS, TREE_BUDGETS = ("topb", "accum_logp"), (7, 16), (64, 256)
 SWEEP = [
     {"block_m": 64, "block_n": 32, "num_warps": 8, "num_stages": 3},
     {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2},
@@ -225,6 +228,31 @@ def bench_compaction(dev, timer: Timer) -> list[dict]:
     return rows
 
 
+def bench_trees(dev, timer: Timer) -> list[dict]:
+    from ..engine import bucket_for
+    from ..engine.gpu_tree import StaticTree, build_from_topk
+    from ..kernels import tree_build as tb
+
+    rows = []
+    gen = torch.Generator().manual_seed(3)
+    depth_logp = torch.log_softmax(torch.randn(15, 32000, generator=gen) * 3, -1).to(dev)   # (D, V)
+    root = torch.tensor(11, device=dev)
+    for builder in TREE_BUILDERS:
+        for width in TREE_WIDTHS:
+            lp, tok = torch.topk(depth_logp, width, dim=-1)
+            for budget in TREE_BUDGETS:
+                args = (builder, lp, tok, root, budget, bucket_for(budget))
+                row = {"builder": builder, "width": width, "budget": budget,
+                       "triton_us": timer(lambda: tb.build_tree_triton(*args))}
+                if not timer.warmup_only:
+                    row["torch_us"] = timer(lambda: build_from_topk(*args))
+                    row["triton_eager_us"] = timer.eager(lambda: tb.build_tree_triton(*args))
+                    got, ref = tb.build_tree_triton(*args), build_from_topk(*args)
+                    row["same_tree"] = all(torch.equal(getattr(got, f), getattr(ref, f)) for f in StaticTree.FIELDS)
+                rows.append(row)
+    return rows
+
+
 def _fmt(x, digits=1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -259,6 +287,14 @@ def report(res: dict) -> str:
     for r in res["compaction"]:
         lines.append(f"| {r['shape']} {tuple(r['cache'])} | {_fmt(r['triton_us'])} | {_fmt(r.get('reference_us'))} | "
                      f"{_fmt(r.get('triton_eager_us'))} |")
+    lines += ["", "Tree build (15 depths; tensor ops vs one Triton launch):", "",
+              "| builder | width | budget | Triton | torch ops | torch / Triton | Triton eager | same tree |",
+              "|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in res["trees"]:
+        ratio = _fmt(r["torch_us"] / r["triton_us"], 2) if r.get("torch_us") and r["triton_us"] else "-"
+        lines.append(f"| {r['builder']} | {r['width']} | {r['budget']} | {_fmt(r['triton_us'])} | "
+                     f"{_fmt(r.get('torch_us'))} | {ratio} | {_fmt(r.get('triton_eager_us'))} | "
+                     f"{r.get('same_tree', '-')} |")
     return "\n".join(lines)
 
 
@@ -268,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rep", type=int, default=20, help="milliseconds of timed repetitions per eager measurement")
     ap.add_argument("--sweep", action="store_true", help="also try other tile configs and split counts in every cell")
     ap.add_argument("--warmup-only", action="store_true", help="compile every variant once, time nothing")
-    ap.add_argument("--only", choices=["attention", "walks", "compaction"], default=None)
+    ap.add_argument("--only", choices=["attention", "walks", "compaction", "trees"], default=None)
     ap.add_argument("--shape", choices=list(HEAD_SHAPES), action="append", default=None,
                     help="attention head shape(s) to run (default: all)")
     a = ap.parse_args(argv)
@@ -279,9 +315,11 @@ def main(argv: list[str] | None = None) -> int:
     dev = torch.device("cuda")
     timer = Timer(a.rep, a.warmup_only)
     res = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
-           "python": platform.python_version(), "rep_ms": a.rep, "attention": [], "walks": [], "compaction": []}
+           "python": platform.python_version(), "rep_ms": a.rep, "attention": [], "walks": [], "compaction": [],
+           "trees": []}
     sections = {"attention": lambda: bench_attention(dev, timer, a.sweep, a.shape or list(HEAD_SHAPES)),
-                "walks": lambda: bench_walks(dev, timer), "compaction": lambda: bench_compaction(dev, timer)}
+                "walks": lambda: bench_walks(dev, timer), "compaction": lambda: bench_compaction(dev, timer),
+                "trees": lambda: bench_trees(dev, timer)}
     for name, run in sections.items():
         if a.only in (None, name):
             res[name] = run()

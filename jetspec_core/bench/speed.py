@@ -54,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-budget", type=int, default=256, help="budget of the cost-only runs")
     p.add_argument("--cost-prefix", type=int, default=512, help="prompt tokens of the cost-only runs")
     p.add_argument("--attention", default="auto", help="auto (Triton tree attention if it works) or sdpa")
+    p.add_argument("--batch-invariant", action="store_true",
+                   help="batch-invariant target forward (CUDA; default: $JETSPEC_BATCH_INVARIANT, off)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     return p
@@ -154,7 +156,8 @@ def bench_target(a, budgets: list[int]) -> dict:
     head, head_desc = load_head(a.head, target)
     if head is None:
         head, head_desc = load_head("random", target)
-    dec = FastDecoder(target, HeadDrafter(head, target.model), attention=a.attention)
+    dec = FastDecoder(target, HeadDrafter(head, target.model), attention=a.attention,
+                      batch_invariant=True if a.batch_invariant else None)
     load_s = time.perf_counter() - t0
     res = {"target": target.name, "head": head_desc, "device": str(target.device),
            "dtype": str(target.model.dtype).replace("torch.", ""), "engine": dec.describe(),
@@ -267,7 +270,8 @@ def bench_cost(a, name: str) -> dict:
         for p in head.parameters():
             p.normal_(0.0, 0.02, generator=g) if p.dim() == 2 else p.fill_(1.0)
     head = head.to(dtype=dtype).eval()
-    dec = FastDecoder(target, HeadDrafter(head, target.model), attention=a.attention)
+    dec = FastDecoder(target, HeadDrafter(head, target.model), attention=a.attention,
+                      batch_invariant=True if a.batch_invariant else None)
     build_s = time.perf_counter() - t0
     m = target.model
     read = sum(p.numel() * p.element_size() for p in m.parameters() if p is not m.embed)

@@ -15,8 +15,16 @@ ties in cumulative log-prob), from the per-depth top-K draft log-probs:
   the best M expandable nodes per depth, one stable sort, a cumulative sum of child counts, and a
   scatter of the children into creation order.
 
+Ties in cumulative log-prob are broken one way everywhere: each depth's kept nodes are in
+stable-sorted order (equal values: the lower parent position, then the lower rank first), and
+the global order puts the shallower node first, then the earlier one in its depth.
+
 Everything returned is a fixed-size array of `n_nodes` (the verify bucket); nodes past
 `n_valid` are padding (token = root, parent = root, invalid).
+
+`build_static` runs the single-launch Triton kernel of `jetspec_core.kernels.tree_build` when
+`backend.tree_kernel` says so (backend 'triton', or 'auto' on CUDA with $JETSPEC_TREE_KERNEL=1:
+opt-in until the kernel has been timed on a GPU) and the tensor ops below, its reference, elsewhere.
 """
 from __future__ import annotations
 
@@ -25,6 +33,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .. import backend
+from ..config import BUILDERS
 from ..tree import TOP2GAP_NATS
 
 FLOOR = -1e4  # draft log-probs are clamped here so that only padding is -inf
@@ -116,10 +126,8 @@ def _levels(lp: torch.Tensor, tok: torch.Tensor, keep: int, with_root: bool, n_l
         idxs.append(ar[:1])
     for d, size in enumerate(_sizes(k, keep, n_levels), start=1):
         cand = (prev_cum[:, None] + lp[d - 1][None, :]).reshape(-1)      # (kept above · K,)
-        if size < cand.numel():
-            val, idx = torch.topk(cand, size, sorted=True)
-        else:
-            val, idx = cand, ar[:cand.numel()]
+        val, idx = torch.sort(cand, descending=True, stable=True)          # ties: lower entry first
+        val, idx = val[:size], idx[:size]
         cums.append(val)
         idxs.append(idx)
         prev_cum = val
@@ -160,11 +168,26 @@ def root_only(root: torch.Tensor, n_nodes: int) -> StaticTree:
 def build_static(builder: str, depth_logp: torch.Tensor, root: torch.Tensor, width: int, depth: int,
                  budget: int, n_nodes: int) -> StaticTree:
     """The tree of `builder` from depth_logp (D, V) fp32, root 0-d long; n_nodes ≥ budget."""
+    if builder not in BUILDERS:
+        raise ValueError(f"no static builder {builder!r}")
     d = min(depth, depth_logp.shape[0])
     if budget <= 1 or d == 0:
         return root_only(root, n_nodes)
     k = 1 if builder == "chain" else min(width, depth_logp.shape[-1])
     lp, tok = torch.topk(depth_logp[:d].float(), k, dim=-1)               # (d, K) descending
+    if backend.tree_kernel(lp):
+        from ..kernels import tree_build
+
+        if tree_build.supports(builder, d, k, budget, n_nodes):
+            return tree_build.build_tree_triton(builder, lp, tok, root, budget, n_nodes)
+    return build_from_topk(builder, lp, tok, root, budget, n_nodes)
+
+
+def build_from_topk(builder: str, lp: torch.Tensor, tok: torch.Tensor, root: torch.Tensor, budget: int,
+                    n_nodes: int) -> StaticTree:
+    """The tensor-op builders (the reference of the Triton kernel): lp, tok (d, K) per-depth
+    top-K log-probs (descending) and tokens; K = 1 for chain; budget ≥ 2."""
+    k = lp.shape[1]
     lp = lp.clamp(min=FLOOR)
     if builder in ("topb", "chain"):
         return _topb(lp, tok, root, budget, n_nodes)

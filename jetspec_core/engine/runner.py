@@ -23,6 +23,7 @@ from typing import Iterator
 
 import torch
 
+from .. import backend
 from ..config import DecodeConfig
 from ..decoder import Decoder, RoundRecord, cut_new_tokens
 from ..drafter import Drafter, HeadDrafter
@@ -64,7 +65,7 @@ class _State:
         t = dec.target
         self.capacity = capacity
         self.st = StaticTarget(t.model, capacity, dec.taps, dec.fused, Attention(dec.kernel),
-                               per_layer=dec.per_layer)
+                               per_layer=dec.per_layer, batch_invariant=dec.batch_invariant)
         self.sh = StaticHead(dec.head, self.st) if dec.head is not None else None
         dev = t.device
         self.prefix = torch.zeros((), dtype=torch.long, device=dev)
@@ -98,10 +99,13 @@ class FastDecoder(Decoder):
 
     graphs: capture CUDA graphs (default: on CUDA); capacity: initial KV-cache rows (grown on
     demand, which re-captures); attention: 'auto' (Triton tree attention when it works) or
-    'sdpa'; fused: 'auto' (Triton RMSNorm/SiLU on CUDA) or 'torch'."""
+    'sdpa'; fused: 'auto' (Triton RMSNorm/SiLU on CUDA) or 'torch'; batch_invariant: the target
+    forward computes every row the same way for any tree size (greedy JetSpec = plain greedy in
+    bf16 too; None: $JETSPEC_BATCH_INVARIANT, see `jetspec_core.backend`; CUDA only)."""
 
     def __init__(self, target: Target, drafter: Drafter | None = None, *, graphs: bool | None = None,
-                 capacity: int = 1024, attention: str = "auto", fused: str = "auto", per_layer: bool = False):
+                 capacity: int = 1024, attention: str = "auto", fused: str = "auto", per_layer: bool = False,
+                 batch_invariant: bool | None = None):
         super().__init__(target, drafter)
         dev = target.device
         self.head = drafter.head if isinstance(drafter, HeadDrafter) else None
@@ -114,7 +118,16 @@ class FastDecoder(Decoder):
         if self.graphs and (dev.type != "cuda" or self.spread):
             raise JetSpecError("CUDA graphs need the whole target on one CUDA device")
         self.fused = Fused(dev, target.model.dtype, force="torch" if fused == "torch" else None)
-        self.kernel, self.attention_note = pick_tree_attention(dev, force="sdpa" if attention == "sdpa" else None)
+        self.batch_invariant = backend.batch_invariant(dev, batch_invariant)
+        if self.batch_invariant:
+            if dev.type == "cuda" and self.fused.kind != "triton":  # torch's row reductions vary with N
+                raise JetSpecError("batch-invariant mode needs the Triton RMSNorm kernel: "
+                                   + (self.fused.note or "fused='torch' was asked for"))
+            if attention == "sdpa":
+                raise JetSpecError("batch-invariant mode has its own attention kernel; attention='sdpa' contradicts it")
+            self.kernel, self.attention_note = None, "batch-invariant (position-ordered Triton kernel)"
+        else:
+            self.kernel, self.attention_note = pick_tree_attention(dev, force="sdpa" if attention == "sdpa" else None)
         self.min_capacity = capacity
         self.per_layer = per_layer            # per-layer caches (forced: tests of the device_map path)
         self.capture_error: str | None = None
@@ -126,7 +139,7 @@ class FastDecoder(Decoder):
     # -- facts ------------------------------------------------------------------------------
     def describe(self) -> dict:
         return {"engine": "fast", "graphs": self.graphs, "capture_error": self.capture_error,
-                "attention": self.attention_note,
+                "attention": self.attention_note, "batch_invariant": self.batch_invariant,
                 "fp32_logits": bool(self.state.st.fp32_logits) if self.state else None,
                 "fused": self.fused.kind + (f" ({self.fused.note})" if self.fused.note else ""),
                 "capacity": self.state.capacity if self.state else self.min_capacity}

@@ -8,6 +8,13 @@ tensor, so one captured CUDA graph serves every round and every prefix length:
   cache (L, Hkv, S, D). The new rows are written at [prefix, prefix + N); attention covers the
   whole capacity with a mask built on the device (prefix rows visible to all, tree rows by the
   ancestor mask), or the Triton tree-attention kernel when it is available.
+- In batch-invariant mode (`StaticTarget(..., batch_invariant=True)`, CUDA) every linear is
+  `kernels/bi_matmul.py` (one tile config for every N, no split-K) and attention is
+  `kernels/bi_attention.py` (each row reduces over its keys in position order), for every
+  forward including the prefill: a row's result is then bit-identical whatever N is, which other
+  rows are present and whether its ancestors are tree rows or committed rows. RMSNorm (the
+  Triton kernel: one program per row), RoPE, SiLU·mul, residual adds and embedding are per-row
+  already; the runner refuses the mode on CUDA without the Triton RMSNorm.
 - `StaticHead` runs the causal parallel draft head with its context keys/values cached: the
   fused features of committed rows are projected once, when they are committed.
 
@@ -143,6 +150,26 @@ class Attention:
         return o[0].reshape(hq, n, d).transpose(0, 1).reshape(n, hq * d)
 
 
+class InvariantAttention(Attention):
+    """Batch-invariant attention (`kernels/bi_attention.py`): each row walks its keys in position
+    order with fixed blocks, so its output does not depend on N, the other rows or the cache size."""
+
+    def __init__(self):
+        super().__init__(None)
+        from ..kernels import bi_attention
+
+        self.kernels = bi_attention
+
+    def prepare(self, prefix: torch.Tensor, anc: torch.Tensor, ar: torch.Tensor, rep: int, dtype):
+        paths, depth = self.kernels.tree_paths(anc)                      # (N, N+1), (N,) int32
+        return ("invariant", prefix.to(torch.int32).reshape(1), paths, depth)
+
+    def __call__(self, prep, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (N, Hq, D); k/v (Hkv, S, D) → (N, Hq·D)."""
+        n, hq, d = q.shape
+        return self.kernels.bi_tree_attention(q, k, v, prep[1], prep[2], prep[3]).view(n, hq * d)
+
+
 def spans_devices(model: torch.nn.Module) -> bool:
     """Whether the model's weights sit on more than one device (an HF device_map)."""
     return len({p.device for p in model.parameters()}) > 1
@@ -179,7 +206,8 @@ class StaticTarget:
     """The target's forward with a static KV cache of `capacity` rows (see the module doc)."""
 
     def __init__(self, model: TargetModel, capacity: int, taps: tuple[int, ...] = (),
-                 fused: Fused | None = None, attention: Attention | None = None, per_layer: bool = False):
+                 fused: Fused | None = None, attention: Attention | None = None, per_layer: bool = False,
+                 batch_invariant: bool = False):
         s = model.shape
         self.model, self.shape, self.taps = model, s, tuple(taps)
         self.capacity = capacity
@@ -190,7 +218,12 @@ class StaticTarget:
         self.layer_dev = [w["input_layernorm_weight"].device for w in model.layers]
         self.per_layer = per_layer or spans_devices(model)
         self.fused = fused or Fused(dev, dt, force="torch")
-        self.attention = attention or Attention()
+        self.batch_invariant = batch_invariant
+        self.attention = InvariantAttention() if batch_invariant else (attention or Attention())
+        if batch_invariant:
+            from ..kernels.bi_matmul import bi_matmul
+
+            self._bi_matmul = bi_matmul
         self.layers = []
         for w in model.layers:
             qkv = fuse_rows([w["self_attn_q_proj_weight"], w["self_attn_k_proj_weight"],
@@ -213,7 +246,7 @@ class StaticTarget:
             self.v = torch.zeros((s.num_layers, *size), device=dev, dtype=dt)
         self.ar = torch.arange(capacity, device=dev)
         self.cos, self.sin = rope_table(capacity, s.head_dim, s.rope_theta, dev, dt)
-        self.fp32_logits = _mm_fp32_works(model.lm_head)
+        self.fp32_logits = batch_invariant or _mm_fp32_works(model.lm_head)
 
     def move_rows(self, src: torch.Tensor, dst: torch.Tensor) -> None:
         """Copy cache rows src → dst in every layer (the commit of accepted tree rows)."""
@@ -226,9 +259,21 @@ class StaticTarget:
             k.index_copy_(1, d_, k.index_select(1, s_))
             v.index_copy_(1, d_, v.index_select(1, s_))
 
+    def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
+               residual: torch.Tensor | None = None) -> torch.Tensor:
+        """residual + x @ w.T + b: the batch-invariant kernel in that mode, else cuBLAS
+        (`addmm` with a residual, `F.linear` without)."""
+        if self.batch_invariant:
+            return self._bi_matmul(x, w, b, residual)
+        if residual is not None:
+            return torch.addmm(residual, x, w.t())
+        return F.linear(x, w, b)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden (N, H) → logits (N, V) fp32. In bf16/fp16 on CUDA the product is
         written in fp32 (not rounded to 16 bits first), so near-ties are not made exact ties."""
+        if self.batch_invariant:
+            return self._bi_matmul(hidden, self.model.lm_head, out_dtype=torch.float32)
         if self.fp32_logits:
             return torch.mm(hidden, self.model.lm_head.t(), out_dtype=torch.float32)
         return F.linear(hidden, self.model.lm_head).float()
@@ -240,9 +285,11 @@ class StaticTarget:
 
         Writes the new K/V rows at [prefix, prefix + N) (the caller commits what it keeps).
         Returns logits (N, V) fp32 (or None) and the tapped hidden states (N, n·H) (or None).
-        `attention` overrides the engine's (the prefill uses dense-mask SDPA)."""
+        `attention` overrides the engine's (the prefill uses dense-mask SDPA), except in
+        batch-invariant mode: there every forward uses the invariant kernel, whose rows do not
+        depend on the cache capacity either (plain and JetSpec runs may reserve different ones)."""
         s, f = self.shape, self.fused
-        attn = attention or self.attention
+        attn = self.attention if self.batch_invariant else (attention or self.attention)
         n = ids.shape[0]
         hq, hkv, d = s.num_heads, s.num_kv_heads, s.head_dim
         pos = prefix + depth
@@ -263,7 +310,7 @@ class StaticTarget:
                     consts[x.device] = per_device(x.device)
             rows, cos, sin, prep = consts[x.device]                    # (N,), (N, D), (N, D)
             h = f.rms_norm(x, w.ln1, s.rms_norm_eps)
-            qkv = F.linear(h, w.qkv, w.qkv_b).view(n, hq + 2 * hkv, d)  # (N, Hq+2Hkv, D)
+            qkv = self.linear(h, w.qkv, w.qkv_b).view(n, hq + 2 * hkv, d)  # (N, Hq+2Hkv, D)
             qk, v = qkv[:, :hq + hkv], qkv[:, hq + hkv:]
             if w.q_norm is not None:
                 qk = torch.cat([f.rms_norm(qk[:, :hq], w.q_norm, s.rms_norm_eps),
@@ -272,9 +319,9 @@ class StaticTarget:
             self.k[li].index_copy_(1, rows, qk[:, hq:].transpose(0, 1))
             self.v[li].index_copy_(1, rows, v.transpose(0, 1))
             o = attn(prep, qk[:, :hq], self.k[li], self.v[li])  # (N, Hq·D)
-            x = torch.addmm(x, o, w.o.t())
+            x = self.linear(o, w.o, residual=x)
             h = f.rms_norm(x, w.ln2, s.rms_norm_eps)
-            x = torch.addmm(x, f.silu_mul(F.linear(h, w.gu)), w.down.t())
+            x = self.linear(f.silu_mul(self.linear(h, w.gu)), w.down, residual=x)
             if li in self.taps:
                 tapped[li] = x
         hidden = torch.cat([tapped[t].to(self.device) for t in self.taps], dim=-1) if self.taps else None

@@ -271,12 +271,9 @@ def default_config(n: int, g: int, hkv: int, d: int, kv_bound: int, dtype: torch
     return cfg
 
 
-def _check(q, k, v, prefix_len, bits, out) -> None:
-    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
-        raise ValueError(f"q (Hq, N, D), k and v (Hkv, S, D) expected; got q {tuple(q.shape)}, "
-                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
-    hq, n, d = q.shape
-    hkv, s, dk = k.shape
+def check_heads(q: torch.Tensor, hq: int, n: int, d: int, k: torch.Tensor, v: torch.Tensor) -> None:
+    """What every attention kernel here needs of q (hq heads, n rows, head_dim d) and k, v (Hkv, S, D)."""
+    hkv, _, dk = k.shape
     if tuple(v.shape) != tuple(k.shape):
         raise ValueError(f"k {tuple(k.shape)} and v {tuple(v.shape)} differ in shape")
     if dk != d:
@@ -287,6 +284,15 @@ def _check(q, k, v, prefix_len, bits, out) -> None:
         raise ValueError(f"head_dim must be a power of two in [16, 256], got {d}")
     if q.dtype not in DTYPES or k.dtype != q.dtype or v.dtype != q.dtype:
         raise TypeError(f"q, k, v must share one dtype of {DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}")
+
+
+def _check(q, k, v, prefix_len, bits, out) -> None:
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"q (Hq, N, D), k and v (Hkv, S, D) expected; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    hq, n, d = q.shape
+    s = k.shape[1]
+    check_heads(q, hq, n, d, k, v)
     if not (q.device == k.device == v.device == bits.device):
         raise ValueError(f"q, k, v and the mask bits must be on one device; got {q.device}, {k.device}, "
                          f"{v.device}, {bits.device}")

@@ -1,0 +1,127 @@
+"""Batch-invariant matmul: y = x @ W.T (+ bias) (+ residual), each row computed the same way for any M.
+
+cuBLAS picks its GEMM algorithm (tile shape, split-K, reduction order) from the problem size, so
+the same row of x gives results that differ in the last bits when it is multiplied alone (M = 1,
+a plain decoding step) or with 255 others (M = 256, a tree verify). In bf16 those bits compound
+over the layers and flip the argmax at near-ties, and greedy JetSpec stops equalling plain
+greedy decoding. This kernel makes the row's result independent of M and of the other rows:
+
+- one tile config (`BLOCK_M`, `BLOCK_N`, `BLOCK_K`, warps, stages) for every call — no autotune,
+  no choice by shape, no split-K; BLOCK_M is small because plain decoding has M = 1;
+- each output element is one fp32 accumulator that walks K from 0 in `BLOCK_K` steps, always in
+  the same order, with the same dot instruction; rows past M are masked loads of zeros and never
+  enter another row's sum. M is not a specialised kernel argument (no recompile for M = 1);
+- the epilogue adds bias and residual in fp32 and rounds once (like cuBLAS `addmm`).
+
+Inputs are fp32, fp16 or bf16 (x and W of one dtype), fp32 accumulation; the output is x's
+dtype or fp32 (`out_dtype`, for logits). Under the Triton interpreter (CPU tests) the operands
+are cast to fp32 before `tl.dot` (16-bit dots are not exact there); on a GPU fp32 operands use
+exact fp32 products (`ieee`), 16-bit ones the tensor cores.
+
+`bi_matmul_reference` is the same function in plain PyTorch (fp32 products, one rounding).
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK_M, BLOCK_N, BLOCK_K = 16, 64, 64
+NUM_WARPS, NUM_STAGES = 4, 3
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def bi_matmul_reference(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+                        residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x (M, K) @ w (N, K).T + bias (N,) + residual (M, N) in fp32, rounded once to out_dtype."""
+    y = x.float() @ w.float().t()
+    if bias is not None:
+        y = y + bias.float()
+    if residual is not None:
+        y = y + residual.float()
+    return y.to(out_dtype or x.dtype)
+
+
+@triton.jit(do_not_specialize=["M", "sxm", "srm", "sym"])
+def _bi_matmul_kernel(X, W, Bias, Res, Y, M, N, K, sxm, swn, srm, sym,
+                      HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, DOT_FP32: tl.constexpr,
+                      PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    rm = pid_m * BM + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    mmask = rm < M
+    nmask = rn < N
+    xp = X + rm.to(tl.int64)[:, None] * sxm + rk[None, :]                  # (BM, BK)
+    wp = W + rn.to(tl.int64)[None, :] * swn + rk[:, None]                  # (BK, BN): W.T's tile
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):                                            # always from 0, in order
+        kmask = k0 + rk < K
+        a = tl.load(xp + k0, mask=mmask[:, None] & kmask[None, :], other=0.0)
+        b = tl.load(wp + k0, mask=kmask[:, None] & nmask[None, :], other=0.0)
+        if DOT_FP32:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PREC)
+        else:
+            acc = tl.dot(a, b, acc)
+    if HAS_BIAS:
+        acc += tl.load(Bias + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
+    omask = mmask[:, None] & nmask[None, :]
+    if HAS_RES:
+        acc += tl.load(Res + rm.to(tl.int64)[:, None] * srm + rn[None, :], mask=omask, other=0.0).to(tl.float32)
+    tl.store(Y + rm.to(tl.int64)[:, None] * sym + rn[None, :], acc.to(Y.dtype.element_ty), mask=omask)
+
+
+def _interpreting() -> bool:
+    return type(_bi_matmul_kernel).__name__ == "InterpretedFunction"
+
+
+def _check(x, w, bias, residual, out_dtype) -> None:
+    if x.dim() != 2 or w.dim() != 2:
+        raise ValueError(f"x (M, K) and w (N, K) expected; got x {tuple(x.shape)}, w {tuple(w.shape)}")
+    m, k = x.shape
+    n, kw = w.shape
+    if kw != k:
+        raise ValueError(f"x has K = {k} columns, w has {kw}")
+    if x.dtype not in DTYPES or w.dtype != x.dtype:
+        raise TypeError(f"x and w must share one dtype of {DTYPES}; got {x.dtype}, {w.dtype}")
+    if out_dtype not in (None, x.dtype, torch.float32):
+        raise TypeError(f"out_dtype must be x's dtype ({x.dtype}) or float32, got {out_dtype}")
+    named = [("x", x), ("w", w)] + [(nm, t) for nm, t in (("bias", bias), ("residual", residual)) if t is not None]
+    for name, t in named:
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device}, x on {x.device}")
+        if t.numel() and t.stride(-1) != 1:
+            raise ValueError(f"{name} must be contiguous in its last dim (stride {t.stride(-1)})")
+    if bias is not None and (tuple(bias.shape) != (n,) or bias.dtype != x.dtype):
+        raise ValueError(f"bias must be a {x.dtype} ({n},) tensor; got {bias.dtype} {tuple(bias.shape)}")
+    if residual is not None and (tuple(residual.shape) != (m, n) or residual.dtype not in DTYPES):
+        raise ValueError(f"residual must be ({m}, {n}) of one of {DTYPES}; got {residual.dtype} "
+                         f"{tuple(residual.shape)}")
+
+
+def bi_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
+              residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x (M, K) @ w (N, K).T (+ bias (N,)) (+ residual (M, N)) → (M, N) in out_dtype (default
+    x's dtype; float32 allowed). Row i of the result is bit-identical for every M and whatever
+    the other rows are (see the module doc). Last dims must have unit stride."""
+    _check(x, w, bias, residual, out_dtype)
+    m, k = x.shape
+    n = w.shape[0]
+    y = torch.empty(m, n, device=x.device, dtype=out_dtype or x.dtype)
+    if m == 0 or n == 0:
+        return y
+    if k == 0:
+        return y.copy_(bi_matmul_reference(x, w, bias, residual, y.dtype))
+    dot_fp32 = _interpreting() or x.dtype == torch.float32
+    grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, BLOCK_N))
+    args = (x, w, bias if bias is not None else y, residual if residual is not None else y, y, m, n, k,
+            x.stride(0), w.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0))
+    meta = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, DOT_FP32=dot_fp32,
+                PREC="ieee", BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K, num_warps=NUM_WARPS,
+                num_stages=NUM_STAGES)
+    with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
+        _bi_matmul_kernel[grid](*args, **meta)  # on x's GPU (a layer of a device_map model)
+    return y
