@@ -123,7 +123,8 @@ def test_make_batch_masks_positions_and_labels():
     B, k = 4, 3
     bt = make_batch(seqs, plens, k, B, mask_id=99, gen=torch.Generator().manual_seed(0), max_len=64)
     n = 20
-    assert bt.mask.shape == (2, k * B, n + k * B)
+    mask = bt.mask_on("cpu")
+    assert mask.shape == (2, k * B, n + k * B)
     for i, (s, p) in enumerate(zip(seqs, plens)):
         for j in range(k):
             if not bt.valid[i, j].any():
@@ -133,7 +134,7 @@ def test_make_batch_masks_positions_and_labels():
             assert bt.block_ids[i, j * B] == s[a] and (bt.block_ids[i, j * B + 1:(j + 1) * B] == 99).all()
             assert bt.block_pos[i, j * B:(j + 1) * B].tolist() == list(range(a, a + B))
             for slot in range(B):
-                row = bt.mask[i, j * B + slot]
+                row = mask[i, j * B + slot]
                 assert row[:n].tolist() == [c < a for c in range(n)]          # context rows before the anchor
                 blk = row[n:].view(k, B)
                 assert blk[j].tolist() == [c <= slot for c in range(B)]        # causal inside its block

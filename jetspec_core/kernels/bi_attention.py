@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .tree_attention import _softmax_step, check_heads  # the same online-softmax update and checks
+from .tree_attention import _softmax_step, check_heads, check_prefix  # shared update and checks
 
 LOG2E = 1.4426950408889634
 BLOCK_N = 64
@@ -176,15 +176,7 @@ def _check(q, k, v, prefix_len, paths, depth) -> None:
         raise ValueError(f"paths must be int32 (N, >= N) = ({n}, >= {n}); got {paths.dtype} {tuple(paths.shape)}")
     if depth.dtype != torch.int32 or tuple(depth.shape) != (n,):
         raise ValueError(f"depth must be int32 ({n},); got {depth.dtype} {tuple(depth.shape)}")
-    if isinstance(prefix_len, torch.Tensor):
-        if prefix_len.numel() != 1 or prefix_len.dtype not in (torch.int32, torch.int64):
-            raise ValueError("a tensor prefix_len must hold one int32/int64 value")
-        if prefix_len.device != q.device:
-            raise ValueError(f"prefix_len is on {prefix_len.device}, q on {q.device}")
-        if s < n:
-            raise ValueError(f"k/v hold {s} rows, fewer than the {n} tree rows")
-    elif int(prefix_len) < 0 or int(prefix_len) + n > s:
-        raise ValueError(f"prefix_len {prefix_len} + N {n} exceeds the {s} rows of k/v")
+    check_prefix(prefix_len, q, n, s)
 
 
 def bi_tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_len, paths: torch.Tensor,

@@ -286,6 +286,20 @@ def check_heads(q: torch.Tensor, hq: int, n: int, d: int, k: torch.Tensor, v: to
         raise TypeError(f"q, k, v must share one dtype of {DTYPES}; got {q.dtype}, {k.dtype}, {v.dtype}")
 
 
+def check_prefix(prefix_len, q: torch.Tensor, n: int, s: int) -> None:
+    """prefix_len, an int or a 1-element int tensor on q's device, leaves room for the n tree rows
+    in the s rows of k/v (a tensor's value is on the device: only s ≥ n is checked then)."""
+    if isinstance(prefix_len, torch.Tensor):
+        if prefix_len.numel() != 1 or prefix_len.dtype not in (torch.int32, torch.int64):
+            raise ValueError("a tensor prefix_len must hold one int32/int64 value")
+        if prefix_len.device != q.device:
+            raise ValueError(f"prefix_len is on {prefix_len.device}, q on {q.device}")
+        if s < n:
+            raise ValueError(f"k/v hold {s} rows, fewer than the {n} tree rows")
+    elif int(prefix_len) < 0 or int(prefix_len) + n > s:
+        raise ValueError(f"prefix_len {prefix_len} + N {n} exceeds the {s} rows of k/v")
+
+
 def _check(q, k, v, prefix_len, bits, out) -> None:
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"q (Hq, N, D), k and v (Hkv, S, D) expected; got q {tuple(q.shape)}, "
@@ -302,16 +316,7 @@ def _check(q, k, v, prefix_len, bits, out) -> None:
     if bits.dtype != torch.int32 or bits.dim() != 2 or bits.shape[0] != n or bits.shape[1] < mask_words(n):
         raise ValueError(f"tree_mask_bits must be int32 (N, >= ceil(N/32)) = ({n}, >= {mask_words(n)}); "
                          f"got {bits.dtype} {tuple(bits.shape)}")
-    if isinstance(prefix_len, torch.Tensor):
-        if prefix_len.numel() != 1 or prefix_len.dtype not in (torch.int32, torch.int64):
-            raise ValueError("a tensor prefix_len must hold one int32/int64 value")
-        if prefix_len.device != q.device:
-            raise ValueError(f"prefix_len is on {prefix_len.device}, q on {q.device}")
-        if s < n:
-            raise ValueError(f"k/v hold {s} rows, fewer than the {n} tree rows")
-    else:
-        if int(prefix_len) < 0 or int(prefix_len) + n > s:
-            raise ValueError(f"prefix_len {prefix_len} + N {n} exceeds the {s} rows of k/v")
+    check_prefix(prefix_len, q, n, s)
     if out is not None and (tuple(out.shape) != (hq, n, d) or out.dtype != q.dtype
                             or out.device != q.device or out.stride(-1) != 1):
         raise ValueError(f"out must be a {q.dtype} ({hq}, {n}, {d}) tensor on {q.device}, "

@@ -99,10 +99,6 @@ class Batch:
         k = self.anchors.shape[1]
         return block_mask(self.anchors.to(device), self.ids.shape[1], self.block_ids.shape[1] // k)
 
-    @property
-    def mask(self) -> torch.Tensor:
-        return self.mask_on(self.anchors.device)
-
 
 def block_mask(anchors: torch.Tensor, n: int, block: int) -> torch.Tensor:
     """Row j·B + i (block j, slot i) sees context rows < anchors[:, j] and slots ≤ i of its own block."""
@@ -442,7 +438,7 @@ class Trainer:
         # the next step's batch is built on the host while this step runs on the device (batch_at
         # depends on the step number only, so prefetching changes nothing of the result)
         pool = ThreadPoolExecutor(max_workers=1)
-        ahead = (self.step, pool.submit(self.batch_at, self.step))
+        ahead = pool.submit(self.batch_at, self.step)
         while True:
             elapsed = time.perf_counter() - t0
             out_of_time = c.time_limit_s is not None and elapsed > c.time_limit_s - c.reserve_s
@@ -451,9 +447,9 @@ class Trainer:
                     bar.write(f"[train] time limit: stopping at step {self.step} of {self.total_steps}")
                 break
             t_wait = time.perf_counter()
-            bt = ahead[1].result() if ahead[0] == self.step else self.batch_at(self.step)
+            bt = ahead.result()
             self._mark("batch_wait", t_wait)
-            ahead = (self.step + 1, pool.submit(self.batch_at, self.step + 1))
+            ahead = pool.submit(self.batch_at, self.step + 1)
             losses = self.train_step(bt)
             done_here += 1
             if self.step % c.log_every == 0 or self.step == 1:
