@@ -64,15 +64,16 @@ class Limits:
 def ui_defaults(device_type: str) -> DecodeConfig:
     """Device-dependent starting values of the UI and the API (everything else: DecodeConfig's).
 
-    The builder is `topb` (the budget's best nodes by cumulative draft log-prob) rather than the
-    library's default `accum_logp` (the paper's builder, kept there for comparable figures):
-    accum_logp adds all K children of a node at once and spends nodes on unlikely siblings, which
-    shows most at small budgets — on a 2-core CPU (fp32, budget 16, shipped head, 4 + 4 prompts,
-    128 tokens) topb accepted τ 2.89 / 2.06 on HumanEval / MT-Bench against 2.57 / 1.98."""
+    CPU: budget 16 with the `topb` builder (the budget's best nodes by cumulative draft log-prob)
+    rather than the library's default `accum_logp` (the paper's builder), which adds all K children
+    of a node at once and spends nodes on unlikely siblings — that shows most at small budgets: on a
+    2-core CPU (fp32, budget 16, shipped head, 4 + 4 prompts, 128 tokens) topb accepted τ 2.89 / 2.06
+    on HumanEval / MT-Bench against 2.57 / 1.98. GPU: budget 64 with accum_logp, the fastest measured
+    configuration there (docs/engine.md)."""
     if device_type == "cuda":
-        # measured on an H200 (docs/engine.md), shipped head, topb: budget 64 ran 1.82x / 1.35x plain
-        # on HumanEval / MT-Bench, 256 ran 2.02x / 1.30x; 64 is the safer choice for chat-like prompts
-        return replace(DecodeConfig(), budget=64, builder="topb", max_new_tokens=256)
+        # measured on an H200 (2026-11-30, stage-7 head, Triton tree builder, 4 + 4 prompts): budget 64
+        # accum_logp 2.20x / 1.81x plain on HumanEval / MT-Bench, topb 2.07x / 1.61x; budget 256 2.12x / 1.75x
+        return replace(DecodeConfig(), budget=64, builder="accum_logp", max_new_tokens=256)
     # measured on a 2-core CPU: a 16-node verify costs ~2 plain steps; larger trees do not pay
     return replace(DecodeConfig(), budget=16, builder="topb", max_new_tokens=64)
 
@@ -167,6 +168,14 @@ class Studio:
             out.append((f"running on CPU: CPU-friendly defaults (budget {self.defaults.budget}, "
                         f"{self.defaults.max_new_tokens} new tokens); larger trees pay off on a GPU", "info"))
         engine = "graphed engine" if self.engine is not None else "reference engine"
+        if self.engine is not None:
+            info = self.engine.describe()
+            if info.get("batch_invariant"):
+                engine += " · batch-invariant kernels (greedy JetSpec = plain decoding, token for token)"
+            elif self.device.type == "cuda" and self.target.model.dtype != torch.float32:
+                why = info.get("batch_invariant_note") or "off (JETSPEC_BATCH_INVARIANT=0)"
+                engine += (f" · batch-invariant mode {why}: greedy JetSpec may differ from plain at"
+                           " bf16 near-ties")
         out.append((f"target: {self.target.name} · head: {self.head_desc} · device: {self.device} · {engine}",
                     "info"))
         return out

@@ -10,9 +10,11 @@ Setting (read at call time): `force(name)` if a test set one, else $JETSPEC_BACK
 Batch-invariant mode (the target's forward computes every row the same way whatever the number
 of rows, so greedy JetSpec equals plain greedy decoding in bf16 too; see
 `kernels/bi_matmul.py`, `kernels/bi_attention.py`): `force_batch_invariant(on)` if a test set
-it, else $JETSPEC_BATCH_INVARIANT (1/0, default 0). `batch_invariant(device, requested)` says
-whether it applies: only where the Triton kernels run (CUDA; CPU only under the interpreter
-with backend 'triton', for tests). On CPU the fp32 reference path is exact anyway.
+it, else $JETSPEC_BATCH_INVARIANT (1 / 0 / unset = auto). `batch_invariant(device, requested)`
+says whether it applies: on explicitly, only where the Triton kernels run (CUDA; CPU only under
+the interpreter with backend 'triton', for tests), else an error; auto (the default), wherever
+the Triton kernels run under backend 'auto' — on CUDA — and the engine turns it off again where
+it cannot apply (see `FastDecoder`). On CPU the fp32 reference path is exact anyway.
 
 Everything else calls the functions below with one signature each and never asks which
 backend runs. `configure(model)` installs the matching `TargetModel.attend` (our forward's
@@ -94,11 +96,14 @@ def use_triton(t: torch.Tensor) -> bool:
 
 def tree_kernel(t: torch.Tensor) -> bool:
     """Whether the engine builds its trees with the single-launch Triton kernel
-    (`kernels/tree_build.py`): always under backend 'triton'; under 'auto' only with
-    $JETSPEC_TREE_KERNEL=1, because the kernel has not been timed on a GPU yet (the graphed tensor ops,
-    measured, stay the default there)."""
-    if setting() == "auto" and os.environ.get(TREE_ENV, "").strip() not in ("1", "true", "on", "yes"):
+    (`kernels/tree_build.py`) instead of the graphed tensor ops: wherever the kernels run (CUDA under
+    'auto', always under 'triton'), unless $JETSPEC_TREE_KERNEL=0. Measured on an H200 (2026-11-30):
+    the tree phase of a round 0.39-0.57 ms with the tensor ops, 0.11-0.34 ms with the kernel."""
+    raw = os.environ.get(TREE_ENV, "").strip().lower()
+    if raw in ("0", "false", "off", "no"):
         return False
+    if raw not in ("", "1", "true", "on", "yes"):
+        raise JetSpecError(f"{TREE_ENV}={raw!r}: use 1 or 0")
     return use_triton(t)
 
 
@@ -121,26 +126,32 @@ def forced_batch_invariant(on: bool | None):
         force_batch_invariant(before)
 
 
-def batch_invariant_setting() -> bool:
-    """Whether batch-invariant mode is asked for (forced, else $JETSPEC_BATCH_INVARIANT; default off)."""
+def batch_invariant_setting() -> bool | None:
+    """Batch-invariant mode as asked for: True / False, or None for auto (forced, else
+    $JETSPEC_BATCH_INVARIANT; unset or 'auto' is auto)."""
     if _forced_bi is not None:
         return _forced_bi
     raw = os.environ.get(BI_ENV, "").strip().lower()
-    if raw in ("", "0", "false", "off", "no"):
+    if raw in ("", "auto"):
+        return None
+    if raw in ("0", "false", "off", "no"):
         return False
     if raw in ("1", "true", "on", "yes"):
         return True
-    raise JetSpecError(f"{BI_ENV}={raw!r}: use 1 or 0")
+    raise JetSpecError(f"{BI_ENV}={raw!r}: use 1, 0 or auto")
 
 
 def batch_invariant(device: torch.device | str, requested: bool | None = None) -> bool:
-    """Whether the target forward on `device` runs batch-invariant: asked for (`requested`, None:
-    the setting) and the Triton kernels run there. Asked for on CUDA with the kernels off (backend
-    'reference', no triton) is an error; on CPU (without the interpreter) it is simply off."""
+    """Whether the target forward on `device` runs batch-invariant. `requested` True / False
+    decides; None takes the setting, and auto means on wherever the Triton kernels run under
+    backend 'auto' (CUDA with triton installed). Asked for explicitly on CUDA with the kernels
+    off (backend 'reference', no triton) is an error; on CPU (without the interpreter) it is off."""
     on = batch_invariant_setting() if requested is None else bool(requested)
+    device = torch.device(device)
+    if on is None:
+        return device.type == "cuda" and setting() == "auto" and _triton_available()
     if not on:
         return False
-    device = torch.device(device)
     if device.type == "cuda" and (setting() == "reference" or not _triton_available()):
         raise JetSpecError(f"batch-invariant mode needs the Triton kernels on CUDA; {ENV}="
                            f"{setting()!r} and triton {'is' if _triton_available() else 'is not'} installed")

@@ -246,6 +246,7 @@ def test_shared_graphed_engine_on_gpu():
     fast = Studio(Loaded(t, make_decoder(t, HeadDrafter(head, t.model), "auto"), "random"))
     ref = Studio(Loaded(t, make_decoder(t, HeadDrafter(head, t.model), "reference"), "random"))
     assert fast.engine is not None and fast.defaults.budget == 64
+    assert any("batch-invariant kernels" in text for text, _ in fast.banners())   # on by default on CUDA
     prompts = [[1, 2, 3, 4, 5], [7, 8, 9], [11, 12, 13, 14]]
     for mode, budget in (("plain", 1), ("jetspec", 16), ("jetspec", 64)):
         cfg = fast.config(mode, budget=budget, max_new_tokens=32)

@@ -103,6 +103,20 @@ def test_bi_matmul_rows_do_not_depend_on_m_or_other_rows(dtype):
         assert torch.equal(mixed[3::7], full[3::7])  # other rows replaced: these rows unchanged
 
 
+@pytest.mark.parametrize("n", [2100, 16400], ids=["N2100", "N16400"])
+def test_bi_matmul_wide_weight_tiles_are_row_invariant(n):
+    """The other two tile configs of `tile_for` (chosen by the weight's N, never by M): rows still
+    equal their one-row calls, and the result is the reference's."""
+    assert len({bm.tile_for(50, 70), bm.tile_for(2100, 70), bm.tile_for(16400, 70)}) == 3
+    k = 150
+    x, w = rand(33, k, seed=6), rand(n, k, seed=7) / 4
+    full = bm.bi_matmul(x, w)
+    for m in (1, 17):
+        assert torch.equal(bm.bi_matmul(x[:m], w), full[:m]), m
+    assert torch.equal(bm.bi_matmul(x[32:33], w)[0], full[32])
+    torch.testing.assert_close(full, bm.bi_matmul_reference(x, w), atol=1e-4, rtol=1e-4)
+
+
 def test_bi_matmul_launcher_rejects_bad_input():
     x, w = rand(4, 32), rand(8, 32)
     with pytest.raises(ValueError, match="columns"):
@@ -203,15 +217,21 @@ def test_bi_attention_launcher_rejects_bad_input():
 def test_batch_invariant_switch(monkeypatch):
     monkeypatch.delenv(backend.BI_ENV, raising=False)
     monkeypatch.delenv(backend.ENV, raising=False)
-    assert backend.batch_invariant_setting() is False           # default off
-    assert backend.batch_invariant("cpu", True) is False        # CPU (auto): the exact fp32 path
+    assert backend.batch_invariant_setting() is None            # default auto
+    assert backend.batch_invariant("cpu") is False              # auto: off on CPU (the exact fp32 path)
+    assert backend.batch_invariant("cpu", True) is False        # CPU (backend auto): the exact fp32 path
+    assert backend.batch_invariant("cuda") is (backend.setting() == "auto")   # auto: on wherever CUDA runs
+    with backend.forced("reference"):
+        assert backend.batch_invariant("cuda") is False         # auto with the kernels off: off, no error
     monkeypatch.setenv(backend.BI_ENV, "1")
     assert backend.batch_invariant_setting() is True
     with backend.forced_batch_invariant(False):
         assert backend.batch_invariant_setting() is False
     assert backend.batch_invariant_setting() is True
+    monkeypatch.setenv(backend.BI_ENV, "auto")
+    assert backend.batch_invariant_setting() is None
     monkeypatch.setenv(backend.BI_ENV, "maybe")
-    with pytest.raises(JetSpecError, match="use 1 or 0"):
+    with pytest.raises(JetSpecError, match="use 1, 0 or auto"):
         backend.batch_invariant_setting()
     monkeypatch.setenv(backend.BI_ENV, "0")
     if not CUDA:
@@ -222,8 +242,10 @@ def test_batch_invariant_switch(monkeypatch):
         assert backend.batch_invariant("cuda", True) is True
         with backend.forced("reference"), pytest.raises(JetSpecError, match="needs the Triton kernels"):
             backend.batch_invariant("cuda", True)
-    args = speed.build_parser().parse_args(["--batch-invariant"])
-    assert args.batch_invariant and not speed.build_parser().parse_args([]).batch_invariant
+    parse = speed.build_parser().parse_args
+    assert parse(["--batch-invariant"]).batch_invariant is True
+    assert parse(["--no-batch-invariant"]).batch_invariant is False
+    assert parse([]).batch_invariant is None                    # the setting decides
 
 
 # ---------------------------------------------------------------- the engine's forward
@@ -291,7 +313,13 @@ def test_fast_decoder_batch_invariant_jetspec_equals_plain(monkeypatch):
         assert s.token_ids == ref.token_ids and s.tau > 1.5
         with pytest.raises(JetSpecError, match="sdpa"):
             FastDecoder(target, batch_invariant=True, attention="sdpa")
-    assert FastDecoder(target).describe()["batch_invariant"] is False   # default off
+    with backend.forced_batch_invariant(False):
+        assert FastDecoder(target).describe()["batch_invariant"] is False
+    auto = FastDecoder(target).describe()                        # default auto: on for CUDA only
+    assert auto["batch_invariant"] is CUDA and auto["batch_invariant_note"] is None
+    if CUDA:   # auto turns itself off where the mode cannot apply, and says why
+        info = FastDecoder(target, attention="sdpa").describe()
+        assert info["batch_invariant"] is False and "sdpa" in info["batch_invariant_note"]
 
 
 # ---------------------------------------------------------------- GPU: real shapes, graphed engine

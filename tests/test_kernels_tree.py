@@ -24,6 +24,7 @@ tb, = interpreted('jetspec_core.kernels.tree_build')
 from test_engine import _same_tree  # noqa: E402
 
 from jetspec_core import backend  # noqa: E402
+from jetspec_core.errors import JetSpecError  # noqa: E402
 from jetspec_core.config import BUILDERS  # noqa: E402
 from jetspec_core.engine import bucket_for  # noqa: E402
 from jetspec_core.engine.gpu_tree import StaticTree, build_from_topk, build_static  # noqa: E402
@@ -133,8 +134,9 @@ def test_launcher_errors():
 
 
 def test_backend_switch(monkeypatch):
-    """auto on CPU and `reference` keep the tensor ops; `triton` runs the kernel; shapes the
-    kernel does not take (sorts past MAX_SORT) fall back to the tensor ops."""
+    """auto on CPU and `reference` keep the tensor ops; `triton` runs the kernel unless
+    $JETSPEC_TREE_KERNEL=0; shapes the kernel does not take (sorts past MAX_SORT) fall back to the
+    tensor ops."""
     calls = []
     real = tb.build_tree_triton
     monkeypatch.setattr(tb, "build_tree_triton", lambda *a: calls.append(a[0]) or real(*a))
@@ -146,6 +148,14 @@ def test_backend_switch(monkeypatch):
     with backend.forced("triton"):
         build_static("accum_logp", lp, root, 2, 15, 5, 16)
     assert calls == ["accum_logp"]
+    monkeypatch.setenv(backend.TREE_ENV, "0")
+    with backend.forced("triton"):
+        build_static("accum_logp", lp, root, 2, 15, 5, 16)
+    assert calls == ["accum_logp"]
+    monkeypatch.setenv(backend.TREE_ENV, "maybe")
+    with backend.forced("triton"), pytest.raises(JetSpecError, match="JETSPEC_TREE_KERNEL"):
+        build_static("accum_logp", lp, root, 2, 15, 5, 16)
+    monkeypatch.delenv(backend.TREE_ENV)
     if not CUDA:
         with backend.forced("auto"):
             build_static("topb", lp, root, 2, 15, 5, 16)

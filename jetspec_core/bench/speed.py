@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cost-budget", type=int, default=256, help="budget of the cost-only runs")
     p.add_argument("--cost-prefix", type=int, default=512, help="prompt tokens of the cost-only runs")
     p.add_argument("--attention", default="auto", help="auto (Triton tree attention if it works) or sdpa")
-    p.add_argument("--batch-invariant", action="store_true",
-                   help="batch-invariant target forward (CUDA; default: $JETSPEC_BATCH_INVARIANT, off)")
+    p.add_argument("--batch-invariant", action=argparse.BooleanOptionalAction, default=None,
+                   help="batch-invariant target forward: bf16 JetSpec equals bf16 plain decoding, each step "
+                   "costs more (CUDA; default: $JETSPEC_BATCH_INVARIANT, else auto = on where it applies)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--out", default=None, help="also write the JSON result to this file")
     return p
@@ -157,7 +158,7 @@ def bench_target(a, budgets: list[int]) -> dict:
     if head is None:
         head, head_desc = load_head("random", target)
     dec = FastDecoder(target, HeadDrafter(head, target.model), attention=a.attention,
-                      batch_invariant=True if a.batch_invariant else None)
+                      batch_invariant=a.batch_invariant)
     load_s = time.perf_counter() - t0
     res = {"target": target.name, "head": head_desc, "device": str(target.device),
            "dtype": str(target.model.dtype).replace("torch.", ""), "engine": dec.describe(),
@@ -271,7 +272,7 @@ def bench_cost(a, name: str) -> dict:
             p.normal_(0.0, 0.02, generator=g) if p.dim() == 2 else p.fill_(1.0)
     head = head.to(dtype=dtype).eval()
     dec = FastDecoder(target, HeadDrafter(head, target.model), attention=a.attention,
-                      batch_invariant=True if a.batch_invariant else None)
+                      batch_invariant=a.batch_invariant)
     build_s = time.perf_counter() - t0
     m = target.model
     read = sum(p.numel() * p.element_size() for p in m.parameters() if p is not m.embed)

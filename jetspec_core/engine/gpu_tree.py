@@ -23,8 +23,8 @@ Everything returned is a fixed-size array of `n_nodes` (the verify bucket); node
 `n_valid` are padding (token = root, parent = root, invalid).
 
 `build_static` runs the single-launch Triton kernel of `jetspec_core.kernels.tree_build` when
-`backend.tree_kernel` says so (backend 'triton', or 'auto' on CUDA with $JETSPEC_TREE_KERNEL=1:
-opt-in until the kernel has been timed on a GPU) and the tensor ops below, its reference, elsewhere.
+`backend.tree_kernel` says so (wherever the Triton kernels run, i.e. CUDA under backend 'auto',
+unless $JETSPEC_TREE_KERNEL=0) and the tensor ops below, its reference, elsewhere.
 """
 from __future__ import annotations
 

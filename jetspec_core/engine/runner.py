@@ -101,7 +101,8 @@ class FastDecoder(Decoder):
     demand, which re-captures); attention: 'auto' (Triton tree attention when it works) or
     'sdpa'; fused: 'auto' (Triton RMSNorm/SiLU on CUDA) or 'torch'; batch_invariant: the target
     forward computes every row the same way for any tree size (greedy JetSpec = plain greedy in
-    bf16 too; None: $JETSPEC_BATCH_INVARIANT, see `jetspec_core.backend`; CUDA only)."""
+    bf16 too; None: $JETSPEC_BATCH_INVARIANT, default auto = on CUDA wherever its kernels apply,
+    see `jetspec_core.backend`; CUDA only)."""
 
     def __init__(self, target: Target, drafter: Drafter | None = None, *, graphs: bool | None = None,
                  capacity: int = 1024, attention: str = "auto", fused: str = "auto", per_layer: bool = False,
@@ -118,7 +119,12 @@ class FastDecoder(Decoder):
         if self.graphs and (dev.type != "cuda" or self.spread):
             raise JetSpecError("CUDA graphs need the whole target on one CUDA device")
         self.fused = Fused(dev, target.model.dtype, force="torch" if fused == "torch" else None)
-        self.batch_invariant = backend.batch_invariant(dev, batch_invariant)
+        explicit = batch_invariant if batch_invariant is not None else backend.batch_invariant_setting()
+        self.batch_invariant = backend.batch_invariant(dev, explicit)
+        self.bi_note = None
+        if self.batch_invariant and explicit is None:   # auto: on where it can apply, else off and said why
+            self.bi_note = self._why_not_invariant(target, attention)
+            self.batch_invariant = self.bi_note is None
         if self.batch_invariant:
             if dev.type == "cuda" and self.fused.kind != "triton":  # torch's row reductions vary with N
                 raise JetSpecError("batch-invariant mode needs the Triton RMSNorm kernel: "
@@ -136,10 +142,26 @@ class FastDecoder(Decoder):
         self.rounds = 0
         self._slots = [_Slot(Clock(dev), torch.cuda.Event() if dev.type == "cuda" else None) for _ in range(2)]
 
+    def _why_not_invariant(self, target: Target, attention: str) -> str | None:
+        """Why batch-invariant mode (asked for as auto) cannot apply to this target, or None."""
+        from ..kernels.bi_matmul import DTYPES
+
+        d = target.model.shape.head_dim
+        if self.spread:
+            return "off: the target is spread over several devices"
+        if self.fused.kind != "triton":
+            return f"off: no Triton RMSNorm ({self.fused.note or 'fused=torch'})"
+        if attention == "sdpa":
+            return "off: attention='sdpa' was asked for"
+        if target.model.dtype not in DTYPES or d < 16 or d & (d - 1):
+            return f"off: {target.model.dtype} with head_dim {d} is not supported by its kernels"
+        return None
+
     # -- facts ------------------------------------------------------------------------------
     def describe(self) -> dict:
         return {"engine": "fast", "graphs": self.graphs, "capture_error": self.capture_error,
                 "attention": self.attention_note, "batch_invariant": self.batch_invariant,
+                "batch_invariant_note": self.bi_note,
                 "fp32_logits": bool(self.state.st.fp32_logits) if self.state else None,
                 "fused": self.fused.kind + (f" ({self.fused.note})" if self.fused.note else ""),
                 "capacity": self.state.capacity if self.state else self.min_capacity}

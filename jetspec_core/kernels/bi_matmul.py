@@ -6,8 +6,8 @@ a plain decoding step) or with 255 others (M = 256, a tree verify). In bf16 thos
 over the layers and flip the argmax at near-ties, and greedy JetSpec stops equalling plain
 greedy decoding. This kernel makes the row's result independent of M and of the other rows:
 
-- one tile config (`BLOCK_M`, `BLOCK_N`, `BLOCK_K`, warps, stages) for every call — no autotune,
-  no choice by shape, no split-K; BLOCK_M is small because plain decoding has M = 1;
+- one tile config per weight (`BLOCK_M`, then `tile_for(N, K)`: BLOCK_N, BLOCK_K, warps) whatever
+  M is — no autotune, no choice by M, no split-K; BLOCK_M is small because plain decoding has M = 1;
 - each output element is one fp32 accumulator that walks K from 0 in `BLOCK_K` steps, always in
   the same order, with the same dot instruction; rows past M are masked loads of zeros and never
   enter another row's sum. M is not a specialised kernel argument (no recompile for M = 1);
@@ -28,8 +28,24 @@ import torch
 import triton
 import triton.language as tl
 
-BLOCK_M, BLOCK_N, BLOCK_K = 16, 64, 64
-NUM_WARPS, NUM_STAGES = 4, 3
+BLOCK_M, NUM_STAGES = 16, 3
+
+
+def tile_for(n: int, k: int) -> tuple[int, int, int]:
+    """(BLOCK_N, BLOCK_K, num_warps) for a weight of n rows and k columns. It depends on the
+    weight's shape only, never on M: every row of x meets the same tiles in the same order.
+
+    From a sweep on an H200 (bf16, SmolLM2-135M's five weight shapes, BLOCK_N 16-128 × BLOCK_K
+    32-128 × 2/4 warps, least time at M = 1 plus M = 64; `docs/measured/h200-bi-matmul-sweep.json`):
+    narrow weights want many programs (BLOCK_N 32) and few K steps (BLOCK_K 128) — the M = 1 call
+    of the 576-wide projections fell from 4.8-10.4 µs (64 × 64 tiles) to 3.5-6.2 µs, cuBLAS 3.2-4.5;
+    the lm_head (49,152 rows) wants wide tiles (M = 64: 41 → 35 µs). The plain step went from 2.14
+    to 1.71 ms (cuBLAS, not batch-invariant: 1.54 ms)."""
+    if n >= 16384:
+        return 128, 64, 4
+    if n >= 2048:
+        return 32, 128, 2
+    return 32, 128, 4
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -116,11 +132,12 @@ def bi_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
     if k == 0:
         return y.copy_(bi_matmul_reference(x, w, bias, residual, y.dtype))
     dot_fp32 = _interpreting() or x.dtype == torch.float32
-    grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, BLOCK_N))
+    bn, bk, warps = tile_for(n, k)
+    grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, bn))
     args = (x, w, bias if bias is not None else y, residual if residual is not None else y, y, m, n, k,
             x.stride(0), w.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0))
     meta = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, DOT_FP32=dot_fp32,
-                PREC="ieee", BM=BLOCK_M, BN=BLOCK_N, BK=BLOCK_K, num_warps=NUM_WARPS,
+                PREC="ieee", BM=BLOCK_M, BN=bn, BK=bk, num_warps=warps,
                 num_stages=NUM_STAGES)
     with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
         _bi_matmul_kernel[grid](*args, **meta)  # on x's GPU (a layer of a device_map model)
