@@ -52,6 +52,23 @@ def test_humaneval_layout_stubs_from_module_level_functions():
         compile(t + "    pass\n", "<stub>", "exec")
 
 
+def test_extraction_prompts_from_generated_records():
+    """Structured-extraction prompts: all distinct, deterministic for a seed, each an instruction
+    followed by at least two generated records, and part of the built set."""
+    a = P._extraction(random.Random(5), 300)
+    assert a == P._extraction(random.Random(5), 300) and a != P._extraction(random.Random(6), 300)
+    assert len({p.text for p in a}) == 300 and {p.kind for p in a} == {"extraction"}
+    asks = P._EXTRACT_ASKS + P._QUESTION_ASKS
+    for p in a:
+        ask, _, body = p.text.partition("\n\n")
+        assert any(ask.startswith(t.split("{")[0]) for t in asks), ask
+        assert len(body) > 80 and any(c.isdigit() for c in body)
+    numbered = [p for p in a if "\n1. " in p.text and "\n2. " in p.text]
+    assert 50 < len(numbered) < 250                     # both layouts: numbered lists and running prose
+    built = [p for p in P.build_prompts(3000, seed=0) if p.kind == "extraction"]
+    assert len(built) > 60
+
+
 def test_guard_catches_evaluation_prompts():
     from jetspec_core.bench.datasets import load_dataset
 

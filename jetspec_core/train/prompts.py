@@ -402,6 +402,99 @@ _EXTRACT_TEMPLATES = [
     "Give this text a short title and a one-sentence summary:\n\n{text}",
 ]
 
+# -- structured extraction over generated records (people, companies, products, events) ------------
+_FIRST = ["Amara", "Bruno", "Chen", "Dalia", "Emeka", "Freya", "Gustavo", "Hana", "Ivan", "Jomo", "Keiko",
+          "Lars", "Mei", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sanjay", "Tove", "Umar", "Vera",
+          "Wen", "Ximena", "Yusuf", "Zofia"]
+_LAST = ["Abara", "Berg", "Costa", "Dubois", "Eriksen", "Fischer", "Gupta", "Haddad", "Ito", "Jansen", "Kowalski",
+         "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov", "Quispe", "Rossi", "Silva", "Tanaka", "Usman",
+         "Varga", "Weber", "Xu", "Yilmaz", "Zhou"]
+_CITIES = ["Lisbon", "Nairobi", "Osaka", "Toronto", "Krakow", "Lima", "Hanoi", "Tbilisi", "Bergen", "Cebu",
+           "Accra", "Porto", "Quito", "Tartu", "Leeds", "Adelaide", "Chennai", "Valencia", "Graz", "Tucson"]
+_FIELDS = ["robotics", "organic farming", "battery recycling", "online education", "freight logistics",
+           "medical imaging", "game design", "water purification", "textile dyeing", "urban cycling",
+           "payment software", "wind turbines", "coffee roasting", "satellite mapping", "language apps"]
+_ITEMS = ["backpack", "desk lamp", "kettle", "bicycle helmet", "headphones", "rain jacket", "blender",
+          "office chair", "tent", "monitor", "sewing machine", "air purifier", "hiking boots", "camera"]
+_SOURCES = ["a local newsletter", "an annual report", "a product catalogue", "a conference programme",
+            "a club bulletin", "a museum guide", "a supplier email", "a city council memo"]
+
+
+def _record_text(r: random.Random, kind: str) -> tuple[str, list[str]]:
+    """One generated record rendered as prose, and the field names it mentions."""
+    name = f"{r.choice(_FIRST)} {r.choice(_LAST)}"
+    year, city = r.randint(1975, 2024), r.choice(_CITIES)
+    if kind == "person":
+        age, field = r.randint(21, 78), r.choice(_FIELDS)
+        text = r.choice([
+            f"{name}, {age}, moved to {city} in {year} and has worked in {field} ever since.",
+            f"Born in {year - age + r.randint(18, 30)}, {name} started a career in {field} in {city} in {year}.",
+            f"In {year}, {name} (age {age} today) opened a small {field} studio in {city}.",
+        ])
+        return text, ["name", "age", "city", "field", "year"]
+    if kind == "company":
+        co = f"{r.choice(_LAST)} {r.choice(['Labs', 'Works', 'Group', 'Systems', 'Partners', 'Co.'])}"
+        staff, rev, field = r.randint(4, 9000), round(r.uniform(0.2, 950.0), 1), r.choice(_FIELDS)
+        text = r.choice([
+            f"{co}, founded in {city} in {year} by {name}, works in {field} and employs {staff} people; "
+            f"its revenue last year was {rev} million dollars.",
+            f"Based in {city}, {co} ({staff} employees, led by {name} since {year}) reported {rev} million "
+            f"dollars in revenue."])
+        return text, ["company", "city", "founder or leader", "employees", "revenue", "year"]
+    if kind == "product":
+        item, price, rating = r.choice(_ITEMS), round(r.uniform(9, 899), 2), round(r.uniform(1.5, 5.0), 1)
+        text = r.choice([
+            f"The {item} sold by {name}'s shop in {city} costs ${price} and has an average rating of {rating} out of 5.",
+            f"A reviewer in {city} gave the {item} {rating} stars; it was bought for ${price} in {year}.",
+        ])
+        return text, ["product", "price", "rating", "city"]
+    month, day = r.choice(["January", "March", "May", "July", "September", "November"]), r.randint(1, 28)
+    people = r.randint(12, 4000)
+    text = r.choice([
+        f"On {month} {day}, {year}, {name} hosted a {r.choice(_FIELDS)} meetup in {city} attended by {people} people.",
+        f"The {r.choice(_FIELDS)} festival in {city} ({month} {day}, {year}) drew {people} visitors; {name} organised it.",
+    ])
+    return text, ["event", "date", "city", "organiser", "attendance"]
+
+
+_EXTRACT_ASKS = [
+    "From the text below, extract {fields} for every entry and output them as a JSON list of objects.",
+    "Read the passage and produce a CSV table with the columns {fields}, one row per entry.",
+    "Pull out {fields} from each entry below and present them as a Markdown table.",
+    "List {fields} for each entry in the text, one entry per line, as 'field: value' pairs.",
+    "Turn the following notes into YAML: one item per entry with the keys {fields}.",
+]
+_QUESTION_ASKS = [
+    "Using only the text below, which entry has the {extreme} {quantity}? Explain how you decided.",
+    "Sort the entries in the text below by {quantity}, from {order}, and show the sorted list.",
+    "Find every number in the text below, say what each one measures, and give their total where it makes sense.",
+    "Name all the people, places and organisations mentioned below, grouped by type, as JSON.",
+    "Check the text below for entries that are missing information and say what is missing.",
+]
+
+
+def _extraction(r: random.Random, n: int) -> list[Prompt]:
+    """Structured-extraction prompts over generated records: fields to JSON / CSV / tables /
+    YAML, comparisons, sorting, entities. The records are random, so every prompt is new."""
+    out = []
+    quantities = {"person": "age", "company": "revenue", "product": "price", "event": "attendance"}
+    for _ in range(n):
+        kind = r.choice(list(quantities))
+        texts, fields = [], []
+        for _ in range(r.randint(2, 5)):
+            t, fields = _record_text(r, kind)
+            texts.append(t)
+        body = ("\n".join(f"{i + 1}. {t}" for i, t in enumerate(texts)) if r.random() < 0.5 else " ".join(texts))
+        intro = f"(Text taken from {r.choice(_SOURCES)}.)\n\n" if r.random() < 0.3 else ""
+        if r.random() < 0.6:
+            ask = r.choice(_EXTRACT_ASKS).format(fields=", ".join(r.sample(fields, r.randint(2, len(fields)))))
+        else:
+            ask = r.choice(_QUESTION_ASKS).format(extreme=r.choice(["highest", "lowest"]), quantity=quantities[kind],
+                                                  order=r.choice(["lowest to highest", "highest to lowest"]))
+        out.append(Prompt("extraction", f"{ask}\n\n{intro}{body}"))
+    return out
+
+
 # Standard-library modules whose functions, docstrings and module docs are drawn from.
 _STDLIB = [
     "textwrap", "string", "fractions", "heapq", "bisect", "colorsys", "calendar", "shlex", "fnmatch",
@@ -560,6 +653,7 @@ def build_prompts(count: int = 8000, seed: int = 0) -> list[Prompt]:
     r = random.Random(seed)
     pool = _own_stubs(r) + _stdlib_prompts(r)
     pool += _templated(r, max(count * 2, 1000))
+    pool += _extraction(random.Random(f"extraction-{seed}"), max(count // 10, 100))
     entry, sh = evaluation_guard()
     seen, out = set(), []
     for p in pool:
