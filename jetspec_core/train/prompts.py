@@ -403,9 +403,6 @@ _EXTRACT_TEMPLATES = [
 ]
 
 # -- structured extraction over generated records (people, companies, products, events) ------------
-_FIRST = ["Amara", "Bruno", "Chen", "Dalia", "Emeka", "Freya", "Gustavo", "Hana", "Ivan", "Jomo", "Keiko",
-          "Lars", "Mei", "Nadia", "Omar", "Priya", "Quinn", "Rosa", "Sanjay", "Tove", "Umar", "Vera",
-          "Wen", "Ximena", "Yusuf", "Zofia"]
 _LAST = ["Abara", "Berg", "Costa", "Dubois", "Eriksen", "Fischer", "Gupta", "Haddad", "Ito", "Jansen", "Kowalski",
          "Lindqvist", "Moreau", "Nakamura", "Okafor", "Petrov", "Quispe", "Rossi", "Silva", "Tanaka", "Usman",
          "Varga", "Weber", "Xu", "Yilmaz", "Zhou"]
@@ -422,7 +419,7 @@ _SOURCES = ["a local newsletter", "an annual report", "a product catalogue", "a 
 
 def _record_text(r: random.Random, kind: str) -> tuple[str, list[str]]:
     """One generated record rendered as prose, and the field names it mentions."""
-    name = f"{r.choice(_FIRST)} {r.choice(_LAST)}"
+    name = f"{r.choice(_NAMES)} {r.choice(_LAST)}"
     year, city = r.randint(1975, 2024), r.choice(_CITIES)
     if kind == "person":
         age, field = r.randint(21, 78), r.choice(_FIELDS)
