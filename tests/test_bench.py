@@ -6,6 +6,7 @@ import types
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import one_line_error, run_cli
 
@@ -94,6 +95,24 @@ def test_bench_dispatches_speed_and_kernels(monkeypatch, capsys):
     assert rc == 0 and seen["argv"] == ["--budget", "64", "--whatever"]
     monkeypatch.setitem(sys.modules, "jetspec_core.bench.kernels", None)  # as if the module were missing
     one_line_error(run_cli(capsys, "bench", "kernels"), "bench kernels is not available")
+
+
+def test_kernel_bench_gemm_section_report_and_cpu_refusal():
+    """`bench kernels --only gemm` parses (and, without CUDA, stops with the one-line reason); the
+    report renders the section's rows with the shape's tile and the best swept tile."""
+    from jetspec_core.bench import kernels as kb
+
+    row = {"shape": "SmolLM2-135M", "N": 960, "K": 576, "tile": [32, 128, 4], "best_tile": "32,128,4",
+           "best_us": {"m1": 3.5, "m64": 4.0, "m256": 7.3}}
+    row.update({f"{w}_m{m}_us": v for w in ("triton", "torch") for m, v in zip(kb.GEMM_ROWS, (3.5, 4.0, 7.3))})
+    res = {"device": "d", "torch": "t", "triton": "3", "attention": [], "walks": [], "compaction": [], "trees": [],
+           "gemm": [row]}
+    assert "| SmolLM2-135M | 960 × 576 | (32, 128, 4) | 3.5 / 4.0 / 7.3 |" in kb.report(res)
+    if not torch.cuda.is_available():
+        with pytest.raises(JetSpecError, match="needs a CUDA GPU"):
+            kb.main(["--only", "gemm"])
+    with pytest.raises(SystemExit):
+        kb.main(["--only", "matmuls"])
 
 
 def test_bench_bad_input(tmp_path, capsys):

@@ -9,7 +9,10 @@
   a round pays for them (the walk itself none, reading its result one);
 - KV compaction of a 16-row path in all layers at once against the gather/scatter reference;
 - the one-launch tree builder against the tensor-op builders it replaces (topb and accum_logp,
-  width 7 and 16, budget 64 and 256, 15 depths; the torch.topk before both is not timed).
+  width 7 and 16, budget 64 and 256, 15 depths; the torch.topk before both is not timed);
+- the batch-invariant matmul (its tile from `tile_for`) against `torch.mm` (cuBLAS) at the
+  linear layers' shapes of SmolLM2-135M and Qwen3-8B, M in {1, 64, 256}; `--sweep` also times
+  every tile of GEMM_TILES and names the one with the least M = 1 plus M = 64 time per shape.
 
 GPU time per call: CALLS calls captured in one CUDA graph, replayed REPLAYS times (CUDA events),
 median / CALLS, in microseconds; this leaves out the host's launch overhead, as the graphed
@@ -46,6 +49,11 @@ SWEEP = [
     {"block_m": 64, "block_n": 32, "num_warps": 4, "num_stages": 3},
 ]
 SPLIT_FACTORS = (0.5, 2.0)  # the sweep also scales the default split-K count
+# (N, K) of the linears: qkv, o, gate/up, down, lm_head
+GEMM_SHAPES = {"SmolLM2-135M": [(960, 576), (576, 576), (3072, 576), (576, 1536), (49152, 576)],
+               "Qwen3-8B": [(6144, 4096), (4096, 4096), (24576, 4096), (4096, 12288), (151936, 4096)]}
+GEMM_ROWS = (1, 64, 256)
+GEMM_TILES = [(bn, bk, w) for bn in (16, 32, 64, 128) for bk in (32, 64, 128) for w in (2, 4)]
 
 
 def _random_tree(n: int, gen: torch.Generator) -> list[int]:
@@ -253,6 +261,32 @@ def bench_trees(dev, timer: Timer) -> list[dict]:
     return rows
 
 
+def bench_gemm(dev, timer: Timer, sweep: bool, shapes: list[str]) -> list[dict]:
+    from ..kernels import bi_matmul as bm
+
+    rows = []
+    gen = torch.Generator(device=dev).manual_seed(4)
+    for shape in shapes:
+        for n, k in GEMM_SHAPES[shape]:
+            w = torch.randn(n, k, device=dev, dtype=torch.bfloat16, generator=gen)
+            row = {"shape": shape, "N": n, "K": k, "tile": list(bm.tile_for(n, k))}
+            for m in GEMM_ROWS:
+                x = torch.randn(m, k, device=dev, dtype=torch.bfloat16, generator=gen)
+                row[f"triton_m{m}_us"] = timer(lambda: bm.bi_matmul(x, w))
+                row[f"torch_m{m}_us"] = timer(lambda: torch.mm(x, w.t()))
+                if sweep:
+                    row.setdefault("sweep", {})
+                    for t in GEMM_TILES:
+                        row["sweep"].setdefault(",".join(map(str, t)), {})[f"m{m}"] = \
+                            timer(lambda t=t: bm.bi_matmul(x, w, tile=t))
+            if sweep and not timer.warmup_only:
+                best = min(row["sweep"], key=lambda t: row["sweep"][t]["m1"] + row["sweep"][t]["m64"])
+                row["best_tile"], row["best_us"] = best, row["sweep"][best]
+            rows.append(row)
+            del w
+    return rows
+
+
 def _fmt(x, digits=1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -295,6 +329,15 @@ def report(res: dict) -> str:
         lines.append(f"| {r['builder']} | {r['width']} | {r['budget']} | {_fmt(r['triton_us'])} | "
                      f"{_fmt(r.get('torch_us'))} | {ratio} | {_fmt(r.get('triton_eager_us'))} | "
                      f"{r.get('same_tree', '-')} |")
+    lines += ["", "Batch-invariant matmul vs torch.mm (cuBLAS), bf16, µs at M = 1 / 64 / 256:", "",
+              "| model | N × K | tile (BN, BK, warps) | Triton | torch.mm | best swept tile: M = 1 / 64 / 256 |",
+              "|---|---|---|---|---|---|"]
+    for r in res["gemm"]:
+        tri = " / ".join(_fmt(r.get(f"triton_m{m}_us")) for m in GEMM_ROWS)
+        ref = " / ".join(_fmt(r.get(f"torch_m{m}_us")) for m in GEMM_ROWS)
+        best = (f"{r['best_tile']}: " + " / ".join(_fmt(r["best_us"].get(f"m{m}")) for m in GEMM_ROWS)
+                if "best_tile" in r else "-")
+        lines.append(f"| {r['shape']} | {r['N']} × {r['K']} | {tuple(r['tile'])} | {tri} | {ref} | {best} |")
     return "\n".join(lines)
 
 
@@ -304,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rep", type=int, default=20, help="milliseconds of timed repetitions per eager measurement")
     ap.add_argument("--sweep", action="store_true", help="also try other tile configs and split counts in every cell")
     ap.add_argument("--warmup-only", action="store_true", help="compile every variant once, time nothing")
-    ap.add_argument("--only", choices=["attention", "walks", "compaction", "trees"], default=None)
+    ap.add_argument("--only", choices=["attention", "walks", "compaction", "trees", "gemm"], default=None)
     ap.add_argument("--shape", choices=list(HEAD_SHAPES), action="append", default=None,
-                    help="attention head shape(s) to run (default: all)")
+                    help="model shape(s) for the attention and gemm sections (default: all)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise JetSpecError("bench kernels needs a CUDA GPU (the kernels' CPU path is the PyTorch reference)")
@@ -316,10 +359,11 @@ def main(argv: list[str] | None = None) -> int:
     timer = Timer(a.rep, a.warmup_only)
     res = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
            "python": platform.python_version(), "rep_ms": a.rep, "attention": [], "walks": [], "compaction": [],
-           "trees": []}
+           "trees": [], "gemm": []}
     sections = {"attention": lambda: bench_attention(dev, timer, a.sweep, a.shape or list(HEAD_SHAPES)),
                 "walks": lambda: bench_walks(dev, timer), "compaction": lambda: bench_compaction(dev, timer),
-                "trees": lambda: bench_trees(dev, timer)}
+                "trees": lambda: bench_trees(dev, timer),
+                "gemm": lambda: bench_gemm(dev, timer, a.sweep, a.shape or list(HEAD_SHAPES))}
     for name, run in sections.items():
         if a.only in (None, name):
             res[name] = run()

@@ -119,10 +119,13 @@ def _check(x, w, bias, residual, out_dtype) -> None:
 
 
 def bi_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
-              residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+              residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
+              tile: tuple[int, int, int] | None = None) -> torch.Tensor:
     """x (M, K) @ w (N, K).T (+ bias (N,)) (+ residual (M, N)) → (M, N) in out_dtype (default
     x's dtype; float32 allowed). Row i of the result is bit-identical for every M and whatever
-    the other rows are (see the module doc). Last dims must have unit stride."""
+    the other rows are (see the module doc). Last dims must have unit stride. `tile` (BLOCK_N,
+    BLOCK_K, warps) overrides `tile_for` — for the tile sweep of `bench kernels --only gemm`; rows
+    are invariant only among calls with the same tile."""
     _check(x, w, bias, residual, out_dtype)
     m, k = x.shape
     n = w.shape[0]
@@ -132,7 +135,7 @@ def bi_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
     if k == 0:
         return y.copy_(bi_matmul_reference(x, w, bias, residual, y.dtype))
     dot_fp32 = _interpreting() or x.dtype == torch.float32
-    bn, bk, warps = tile_for(n, k)
+    bn, bk, warps = tile or tile_for(n, k)
     grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, bn))
     args = (x, w, bias if bias is not None else y, residual if residual is not None else y, y, m, n, k,
             x.stride(0), w.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0))
