@@ -13,8 +13,8 @@ of rows, so greedy JetSpec equals plain greedy decoding in bf16 too; see
 it, else $JETSPEC_BATCH_INVARIANT (1 / 0 / unset = auto). `batch_invariant(device, requested)`
 says whether it applies: on explicitly, only where the Triton kernels run (CUDA; CPU only under
 the interpreter with backend 'triton', for tests), else an error; auto (the default), wherever
-the Triton kernels run under backend 'auto' — on CUDA — and the engine turns it off again where
-it cannot apply (see `FastDecoder`). On CPU the fp32 reference path is exact anyway.
+the Triton kernels run on CUDA, and the engine turns it off again where it cannot apply (see
+`FastDecoder`). On CPU the fp32 reference path is exact anyway.
 
 Everything else calls the functions below with one signature each and never asks which
 backend runs. `configure(model)` installs the matching `TargetModel.attend` (our forward's
@@ -143,13 +143,13 @@ def batch_invariant_setting() -> bool | None:
 
 def batch_invariant(device: torch.device | str, requested: bool | None = None) -> bool:
     """Whether the target forward on `device` runs batch-invariant. `requested` True / False
-    decides; None takes the setting, and auto means on wherever the Triton kernels run under
-    backend 'auto' (CUDA with triton installed). Asked for explicitly on CUDA with the kernels
+    decides; None takes the setting, and auto means on wherever the Triton kernels run (CUDA with
+    triton installed, backend not 'reference'). Asked for explicitly on CUDA with the kernels
     off (backend 'reference', no triton) is an error; on CPU (without the interpreter) it is off."""
     on = batch_invariant_setting() if requested is None else bool(requested)
     device = torch.device(device)
     if on is None:
-        return device.type == "cuda" and setting() == "auto" and _triton_available()
+        return device.type == "cuda" and setting() != "reference" and _triton_available()
     if not on:
         return False
     if device.type == "cuda" and (setting() == "reference" or not _triton_available()):
