@@ -9,7 +9,7 @@ tensor, so one captured CUDA graph serves every round and every prefix length:
   whole capacity with a mask built on the device (prefix rows visible to all, tree rows by the
   ancestor mask), or the Triton tree-attention kernel when it is available.
 - In batch-invariant mode (`StaticTarget(..., batch_invariant=True)`, CUDA) every linear is
-  `kernels/bi_matmul.py` (one tile config for every N, no split-K) and attention is
+  `kernels/bi_matmul.py` (one tile config per weight whatever N is, no split-K) and attention is
   `kernels/bi_attention.py` (each row reduces over its keys in position order), for every
   forward including the prefill: a row's result is then bit-identical whatever N is, which other
   rows are present and whether its ancestors are tree rows or committed rows. RMSNorm (the
