@@ -64,16 +64,18 @@ class Limits:
 def ui_defaults(device_type: str) -> DecodeConfig:
     """Device-dependent starting values of the UI and the API (everything else: DecodeConfig's).
 
-    CPU: budget 16 with the `topb` builder (the budget's best nodes by cumulative draft log-prob)
-    rather than the library's default `accum_logp` (the paper's builder), which adds all K children
-    of a node at once and spends nodes on unlikely siblings — that shows most at small budgets: on a
-    2-core CPU (fp32, budget 16, shipped head, 4 + 4 prompts, 128 tokens) topb accepted τ 2.89 / 2.06
-    on HumanEval / MT-Bench against 2.57 / 1.98. GPU: budget 64 with accum_logp, the fastest measured
-    configuration there (docs/engine.md)."""
+    Both use the `topb` builder (the budget's best nodes by cumulative draft log-prob) rather than
+    the library's default `accum_logp` (the paper's builder, kept there for comparable figures),
+    which gives a popped node all K children at once and spends nodes on unlikely siblings. The
+    offline replay of the shipped head's drafts (`bench replay`, 8 + 8 prompts, 192 tokens, CPU fp32,
+    docs/measured/cpu-replay-8+8-stage7.log) ranks topb first at every budget: τ HumanEval / MT-Bench
+    at budget 16 topb K = 7 3.28 / 2.46 against accum_logp 2.83 / 2.26; at budget 64 topb K = 16
+    3.78 / 2.82 against 3.65 / 2.69 (and on the H200 over all 164 + 80 prompts at budget 256:
+    4.45 / 3.35 against 4.20 / 3.13)."""
     if device_type == "cuda":
-        # measured on an H200 (2026-11-30, stage-7 head, Triton tree builder, 4 + 4 prompts): budget 64
-        # accum_logp 2.20x / 1.81x plain on HumanEval / MT-Bench, topb 2.07x / 1.61x; budget 256 2.12x / 1.75x
-        return replace(DecodeConfig(), budget=64, builder="accum_logp", max_new_tokens=256)
+        # the H200's fastest budget (docs/engine.md): 64 (2.11x / 1.86x its plain decoding in the
+        # default batch-invariant mode, against 1.66x / 1.49x at 256)
+        return replace(DecodeConfig(), budget=64, builder="topb", width=16, max_new_tokens=256)
     # measured on a 2-core CPU: a 16-node verify costs ~2 plain steps; larger trees do not pay
     return replace(DecodeConfig(), budget=16, builder="topb", max_new_tokens=64)
 

@@ -1,8 +1,8 @@
-"""`python -m jetspec_core bench [accept|speed|kernels|report] ...`.
+"""`python -m jetspec_core bench [accept|speed|kernels|replay|report] ...`.
 
     bench --dataset humaneval mtbench --budget 256 64 --chain --max-new-tokens 256   # acceptance
     bench report runs/bench/results.json                                             # HTML again
-    bench speed ...   /   bench kernels ...     # handed to jetspec_core.bench.speed / .kernels
+    bench speed ... / bench kernels ... / bench replay ...   # handed to jetspec_core.bench.speed / .kernels / .replay
 
 The acceptance bench writes results.json (per-prompt rows + summaries) and report.html into --out.
 """
@@ -24,7 +24,7 @@ from ..errors import JetSpecError
 from .datasets import DATASETS
 
 _D = DecodeConfig()  # the one place decode defaults come from
-WHAT = ("accept", "speed", "kernels", "report")
+WHAT = ("accept", "speed", "kernels", "replay", "report")
 
 
 def add_accept_args(p: argparse.ArgumentParser) -> None:
@@ -141,7 +141,7 @@ def cmd_report(argv: list[str]) -> int:
 
 
 def _delegate(what: str, argv: list[str]) -> int:
-    """`bench speed|kernels ...`: hand the remaining arguments to that module's main(argv)."""
+    """`bench speed|kernels|replay ...`: hand the remaining arguments to that module's main(argv)."""
     try:
         mod = importlib.import_module(f"jetspec_core.bench.{what}")
     except ModuleNotFoundError as e:
@@ -153,7 +153,7 @@ def _delegate(what: str, argv: list[str]) -> int:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
-    if a.what in ("speed", "kernels"):
+    if a.what in ("speed", "kernels", "replay"):
         return _delegate(a.what, a.rest)
     if a.what == "report":
         return cmd_report(a.rest)
@@ -166,9 +166,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 def register(sub) -> None:
     """Add `bench` to the top-level parser."""
-    p = sub.add_parser("bench", help="acceptance bench on HumanEval / MT-Bench (or: speed, kernels, report)",
+    p = sub.add_parser("bench", help="acceptance bench on HumanEval / MT-Bench (or: speed, kernels, replay, report)",
                        description="Acceptance bench (default). `bench speed ...` and `bench kernels ...` run "
-                                   "the speed and kernel benchmarks; `bench report RESULTS.json` rebuilds the HTML.")
+                                   "the speed and kernel benchmarks, `bench replay ...` compares tree builders "
+                                   "offline; `bench report RESULTS.json` rebuilds the HTML.")
     p.add_argument("what", nargs="?", default="accept", choices=WHAT, help="which benchmark (default accept)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     add_accept_args(p)

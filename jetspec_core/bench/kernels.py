@@ -378,8 +378,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except JetSpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    from . import run_as_script
+
+    run_as_script(main)
