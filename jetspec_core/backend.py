@@ -94,17 +94,24 @@ def use_triton(t: torch.Tensor) -> bool:
     return True
 
 
+def _env_switch(name: str, auto: tuple[str, ...] = ("",)) -> bool | None:
+    """An on/off environment variable: True / False, or None for the values in `auto` (unset)."""
+    raw = os.environ.get(name, "").strip().lower()
+    if raw in auto:
+        return None
+    if raw in ("0", "false", "off", "no"):
+        return False
+    if raw in ("1", "true", "on", "yes"):
+        return True
+    raise JetSpecError(f"{name}={raw!r}: use " + ("1, 0 or auto" if "auto" in auto else "1 or 0"))
+
+
 def tree_kernel(t: torch.Tensor) -> bool:
     """Whether the engine builds its trees with the single-launch Triton kernel
     (`kernels/tree_build.py`) instead of the graphed tensor ops: wherever the kernels run (CUDA under
     'auto', always under 'triton'), unless $JETSPEC_TREE_KERNEL=0. Measured on an H200 (2026-11-30):
     the tree phase of a round 0.39-0.57 ms with the tensor ops, 0.11-0.34 ms with the kernel."""
-    raw = os.environ.get(TREE_ENV, "").strip().lower()
-    if raw in ("0", "false", "off", "no"):
-        return False
-    if raw not in ("", "1", "true", "on", "yes"):
-        raise JetSpecError(f"{TREE_ENV}={raw!r}: use 1 or 0")
-    return use_triton(t)
+    return _env_switch(TREE_ENV) is not False and use_triton(t)
 
 
 # ---------------------------------------------------------------- batch-invariant mode
@@ -131,14 +138,7 @@ def batch_invariant_setting() -> bool | None:
     $JETSPEC_BATCH_INVARIANT; unset or 'auto' is auto)."""
     if _forced_bi is not None:
         return _forced_bi
-    raw = os.environ.get(BI_ENV, "").strip().lower()
-    if raw in ("", "auto"):
-        return None
-    if raw in ("0", "false", "off", "no"):
-        return False
-    if raw in ("1", "true", "on", "yes"):
-        return True
-    raise JetSpecError(f"{BI_ENV}={raw!r}: use 1, 0 or auto")
+    return _env_switch(BI_ENV, auto=("", "auto"))
 
 
 def batch_invariant(device: torch.device | str, requested: bool | None = None) -> bool:

@@ -76,13 +76,12 @@ def replay(d: Drafts, builder: str, width: int, budget: int, depth: int = 15,
         lp = torch.full((d.logp.shape[1], vocab), float("-inf"))
         lp.scatter_(1, d.tokens[a - d.p], d.logp[a - d.p])
         tree = build_tree(builder, d.ids[a], lp, width, depth, budget)
-        children: dict[int, dict[int, int]] = {}
-        for i, (q, t) in enumerate(zip(tree.parents.tolist(), tree.tokens.tolist())):
-            if q >= 0:
-                children.setdefault(q, {})[t] = i
-        node, k = 0, 0
-        while a + k + 1 <= n and d.ids[a + k + 1] in children.get(node, {}):
-            node = children[node][d.ids[a + k + 1]]
+        kids, toks = tree.children(), tree.tokens.tolist()
+        node, k = 0, 0                                  # the greedy walk, along the target's own tokens
+        while a + k < n:
+            node = next((c for c in kids[node] if toks[c] == d.ids[a + k + 1]), None)
+            if node is None:
+                break
             k += 1
         gain = min(k + 1, n - a)
         gains.append(gain)

@@ -95,7 +95,7 @@ def _sizes(k: int, keep: int, n_levels: int) -> list[int]:
 
 def _level_consts(dev, k: int, keep: int, n_levels: int, with_root: bool):
     """Per-entry constants of the level-major entry array: depth, offset of the level above
-    (-1 where the parent is the root and the root is no entry), and an arange."""
+    (-1 where the parent is the root and the root is no entry), and an arange of the kept nodes."""
     def make():  # device fills only: a host-to-device copy would count as a sync in the check
         sizes = _sizes(k, keep, n_levels)
         full = lambda n, v: torch.full((n,), v, dtype=torch.long, device=dev)  # noqa: E731
@@ -105,8 +105,7 @@ def _level_consts(dev, k: int, keep: int, n_levels: int, with_root: bool):
             depth.append(full(size, d))
             prev_off.append(full(size, prev_start))
             prev_start, off = off, off + size
-        widest = max([keep * k, 1] + [x * k for x in sizes])
-        return torch.cat(depth), torch.cat(prev_off), torch.arange(widest, device=dev)
+        return torch.cat(depth), torch.cat(prev_off), torch.arange(max(keep, 1), device=dev)
     return _const(("levels", str(dev), k, keep, n_levels, with_root), make)
 
 

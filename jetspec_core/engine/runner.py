@@ -122,15 +122,12 @@ class FastDecoder(Decoder):
         explicit = batch_invariant if batch_invariant is not None else backend.batch_invariant_setting()
         self.batch_invariant = backend.batch_invariant(dev, explicit)
         self.bi_note = None
-        if self.batch_invariant and explicit is None:   # auto: on where it can apply, else off and said why
-            self.bi_note = self._why_not_invariant(target, attention)
-            self.batch_invariant = self.bi_note is None
+        why = self._why_not_invariant(target, attention, auto=explicit is None) if self.batch_invariant else None
+        if why and explicit:
+            raise JetSpecError(f"batch-invariant mode cannot apply: {why}")
+        if why:                                          # auto: off where it cannot apply, and said why
+            self.bi_note, self.batch_invariant = f"off: {why}", False
         if self.batch_invariant:
-            if dev.type == "cuda" and self.fused.kind != "triton":  # torch's row reductions vary with N
-                raise JetSpecError("batch-invariant mode needs the Triton RMSNorm kernel: "
-                                   + (self.fused.note or "fused='torch' was asked for"))
-            if attention == "sdpa":
-                raise JetSpecError("batch-invariant mode has its own attention kernel; attention='sdpa' contradicts it")
             self.kernel, self.attention_note = None, "batch-invariant (position-ordered Triton kernel)"
         else:
             self.kernel, self.attention_note = pick_tree_attention(dev, force="sdpa" if attention == "sdpa" else None)
@@ -142,19 +139,20 @@ class FastDecoder(Decoder):
         self.rounds = 0
         self._slots = [_Slot(Clock(dev), torch.cuda.Event() if dev.type == "cuda" else None) for _ in range(2)]
 
-    def _why_not_invariant(self, target: Target, attention: str) -> str | None:
-        """Why batch-invariant mode (asked for as auto) cannot apply to this target, or None."""
+    def _why_not_invariant(self, target: Target, attention: str, auto: bool) -> str | None:
+        """Why batch-invariant mode cannot apply to this target, or None. Asked for explicitly,
+        a spread target and an untested dtype / head size are the caller's call."""
         from ..kernels.bi_matmul import DTYPES
 
         d = target.model.shape.head_dim
-        if self.spread:
-            return "off: the target is spread over several devices"
-        if self.fused.kind != "triton":
-            return f"off: no Triton RMSNorm ({self.fused.note or 'fused=torch'})"
+        if auto and self.spread:
+            return "the target is spread over several devices"
+        if target.device.type == "cuda" and self.fused.kind != "triton":  # torch's row reductions vary with N
+            return f"it needs the Triton RMSNorm kernel ({self.fused.note or 'fused=torch was asked for'})"
         if attention == "sdpa":
-            return "off: attention='sdpa' was asked for"
-        if target.model.dtype not in DTYPES or d < 16 or d & (d - 1):
-            return f"off: {target.model.dtype} with head_dim {d} is not supported by its kernels"
+            return "attention='sdpa' was asked for, and the mode has its own attention kernel"
+        if auto and (target.model.dtype not in DTYPES or d < 16 or d & (d - 1)):
+            return f"{target.model.dtype} with head_dim {d} is not supported by its kernels"
         return None
 
     # -- facts ------------------------------------------------------------------------------

@@ -92,6 +92,12 @@ def _block(q, kb, vb, Path, node_off, plen, last, start, m_i, l_i, acc, sks, svs
     return _softmax_step(s, vt, m_i, l_i, acc, DOT_FP32, PREC)
 
 
+@triton.jit
+def _partials(node, head, G, SPLITS: tl.constexpr):
+    """Offset of split 0 of (node, head) in the (N, Hq, SPLITS) partial arrays (program axis 1: kv heads)."""
+    return ((node * tl.num_programs(1) * G + head) * SPLITS).to(tl.int64)
+
+
 @triton.jit(do_not_specialize=["plen_arg", "spn"])
 def _bi_attn_kernel(Q, K, V, Path, Depth, Plen, Op, Mp, Lp, plen_arg, G,
                     sqn, sqh, skh, sks, svh, svs, spn, qk_scale,
@@ -116,7 +122,7 @@ def _bi_attn_kernel(Q, K, V, Path, Depth, Plen, Op, Mp, Lp, plen_arg, G,
     for start in range(split * BN, last + 1, SPLITS * BN):                   # blocks split, split + SPLITS, ...
         m_i, l_i, acc = _block(q, kb, vb, Path, node_off, plen, last, start, m_i, l_i, acc, sks, svs,
                                qk_scale, D, BN, DOT_FP32, PREC)
-    part = ((node * tl.num_programs(1) * G + head) * SPLITS + split).to(tl.int64)   # (N, Hq, SPLITS)
+    part = _partials(node, head, G, SPLITS) + split
     tl.store(Mp + part, m_i, mask=gmask)
     tl.store(Lp + part, l_i, mask=gmask)
     tl.store(Op + part[:, None] * D + d[None, :], acc, mask=gmask[:, None])
@@ -132,7 +138,7 @@ def _combine_kernel(Out, Op, Mp, Lp, G, son, soh, D: tl.constexpr, BLOCK_G: tl.c
     gmask = g < G
     d = tl.arange(0, D)
     head = kvh * G + g
-    base = ((node * tl.num_programs(1) * G + head) * SPLITS).to(tl.int64)
+    base = _partials(node, head, G, SPLITS)
     m = tl.full([BLOCK_G], -1.0e30, tl.float32)
     for s in tl.static_range(SPLITS):
         m = tl.maximum(m, tl.load(Mp + base + s, mask=gmask, other=-1.0e30))
