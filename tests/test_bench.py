@@ -97,7 +97,7 @@ def test_bench_dispatches_speed_and_kernels(monkeypatch, capsys):
     one_line_error(run_cli(capsys, "bench", "kernels"), "bench kernels is not available")
 
 
-def test_kernel_bench_gemm_section_report_and_cpu_refusal():
+def test_kernel_bench_gemm_and_kl_sections_report_and_cpu_refusal():
     """`bench kernels --only gemm` parses (and, without CUDA, stops with the one-line reason); the
     report renders the section's rows with the shape's tile and the best swept tile."""
     from jetspec_core.bench import kernels as kb
@@ -108,9 +108,13 @@ def test_kernel_bench_gemm_section_report_and_cpu_refusal():
     res = {"device": "d", "torch": "t", "triton": "3", "attention": [], "walks": [], "compaction": [], "trees": [],
            "gemm": [row]}
     assert "| SmolLM2-135M | 960 × 576 | (32, 128, 4) | 3.5 / 4.0 / 7.3 |" in kb.report(res)
+    res["kl"] = [{"shape": "SmolLM2-135M", "rows": 15000, "vocab": 49152, "torch_ms": 30.0, "triton_ms": 6.0,
+                  "torch_peak_gb": 20.1, "triton_peak_gb": 4.4, "max_rel_err": 2e-6}]
+    assert "| SmolLM2-135M | 15000 × 49152 | 30.00 (20.1) | 6.00 (4.4) | 5.00 | 2.0e-06 |" in kb.report(res)
     if not torch.cuda.is_available():
-        with pytest.raises(JetSpecError, match="needs a CUDA GPU"):
-            kb.main(["--only", "gemm"])
+        for section in ("gemm", "kl"):
+            with pytest.raises(JetSpecError, match="needs a CUDA GPU"):
+                kb.main(["--only", section])
     with pytest.raises(SystemExit):
         kb.main(["--only", "matmuls"])
 

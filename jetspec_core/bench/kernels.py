@@ -12,7 +12,9 @@
   width 7 and 16, budget 64 and 256, 15 depths; the torch.topk before both is not timed);
 - the batch-invariant matmul (its tile from `tile_for`) against `torch.mm` (cuBLAS) at the
   linear layers' shapes of SmolLM2-135M and Qwen3-8B, M in {1, 64, 256}; `--sweep` also times
-  every tile of GEMM_TILES and names the one with the least M = 1 plus M = 64 time per shape.
+  every tile of GEMM_TILES and names the one with the least M = 1 plus M = 64 time per shape;
+- training's KL loss, forward + backward on bf16 logits of one GPU's step (`KL_SHAPES`): the
+  PyTorch ops of `train fit` against the fused kernel of `--kl-kernel triton`, with peak memory.
 
 GPU time per call: CALLS calls captured in one CUDA graph, replayed REPLAYS times (CUDA events),
 median / CALLS, in microseconds; this leaves out the host's launch overhead, as the graphed
@@ -287,6 +289,41 @@ def bench_gemm(dev, timer: Timer, sweep: bool, shapes: list[str]) -> list[dict]:
     return rows
 
 
+KL_SHAPES = {"SmolLM2-135M": (15000, 49152), "Qwen3-8B": (4000, 151936)}   # (rows, vocab) per GPU and step
+
+
+def bench_kl(dev, timer: Timer, shapes: list[str]) -> list[dict]:
+    """Training's KL loss, forward + backward, bf16 logits: the PyTorch ops of `train fit` against
+    the fused kernel (`--kl-kernel triton`). Rows: one GPU's labelled draft slots per step (32
+    sequences × 32 anchors × 15 depths for SmolLM2). Milliseconds, do_bench medians."""
+    from ..kernels import fused_kl
+    from ..train.trainer import kl_torch
+
+    rows = []
+    gen = torch.Generator(device=dev).manual_seed(5)
+    for shape in shapes:
+        r, v = KL_SHAPES[shape]
+        s = (torch.randn(r, v, device=dev, generator=gen) * 3).to(torch.bfloat16).requires_grad_(True)
+        t = (torch.randn(r, v, device=dev, generator=gen) * 3).to(torch.bfloat16)
+        runs = {"torch": lambda: kl_torch(s, t, 1.0, r), "triton": lambda: fused_kl.kl_rows(s, t).sum() / r}
+        row = {"shape": shape, "rows": r, "vocab": v}
+        for name, fn in runs.items():
+            def step(fn=fn):
+                s.grad = None
+                fn().backward()
+            us = timer.eager(step)
+            row[f"{name}_ms"] = None if us is None else us / 1000.0
+            torch.cuda.reset_peak_memory_stats(dev)
+            step()
+            row[f"{name}_peak_gb"] = torch.cuda.max_memory_allocated(dev) / 1e9
+        with torch.no_grad():
+            row["max_rel_err"] = float(((fused_kl.kl_rows(s.detach(), t) - fused_kl.kl_rows_reference(s.detach(), t)).abs()
+                                        / fused_kl.kl_rows_reference(s.detach(), t).abs().clamp(min=1e-6)).max())
+        rows.append(row)
+        del s, t
+    return rows
+
+
 def _fmt(x, digits=1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 
@@ -338,6 +375,14 @@ def report(res: dict) -> str:
         best = (f"{r['best_tile']}: " + " / ".join(_fmt(r["best_us"].get(f"m{m}")) for m in GEMM_ROWS)
                 if "best_tile" in r else "-")
         lines.append(f"| {r['shape']} | {r['N']} × {r['K']} | {tuple(r['tile'])} | {tri} | {ref} | {best} |")
+    lines += ["", "Training KL, forward + backward, bf16 logits, ms (peak GB):", "",
+              "| model | rows × vocab | PyTorch ops | fused kernel | PyTorch / fused | max rel. err |",
+              "|---|---|---|---|---:|---:|"]
+    for r in res.get("kl", []):
+        ratio = _fmt(r["torch_ms"] / r["triton_ms"], 2) if r.get("torch_ms") and r.get("triton_ms") else "-"
+        lines.append(f"| {r['shape']} | {r['rows']} × {r['vocab']} | {_fmt(r.get('torch_ms'), 2)} "
+                     f"({_fmt(r['torch_peak_gb'])}) | {_fmt(r.get('triton_ms'), 2)} ({_fmt(r['triton_peak_gb'])}) | "
+                     f"{ratio} | {r['max_rel_err']:.1e} |")
     return "\n".join(lines)
 
 
@@ -347,9 +392,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rep", type=int, default=20, help="milliseconds of timed repetitions per eager measurement")
     ap.add_argument("--sweep", action="store_true", help="also try other tile configs and split counts in every cell")
     ap.add_argument("--warmup-only", action="store_true", help="compile every variant once, time nothing")
-    ap.add_argument("--only", choices=["attention", "walks", "compaction", "trees", "gemm"], default=None)
+    ap.add_argument("--only", choices=["attention", "walks", "compaction", "trees", "gemm", "kl"], default=None)
     ap.add_argument("--shape", choices=list(HEAD_SHAPES), action="append", default=None,
-                    help="model shape(s) for the attention and gemm sections (default: all)")
+                    help="model shape(s) for the attention, gemm and kl sections (default: all)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise JetSpecError("bench kernels needs a CUDA GPU (the kernels' CPU path is the PyTorch reference)")
@@ -359,11 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     timer = Timer(a.rep, a.warmup_only)
     res = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
            "python": platform.python_version(), "rep_ms": a.rep, "attention": [], "walks": [], "compaction": [],
-           "trees": [], "gemm": []}
+           "trees": [], "gemm": [], "kl": []}
     sections = {"attention": lambda: bench_attention(dev, timer, a.sweep, a.shape or list(HEAD_SHAPES)),
                 "walks": lambda: bench_walks(dev, timer), "compaction": lambda: bench_compaction(dev, timer),
                 "trees": lambda: bench_trees(dev, timer),
-                "gemm": lambda: bench_gemm(dev, timer, a.sweep, a.shape or list(HEAD_SHAPES))}
+                "gemm": lambda: bench_gemm(dev, timer, a.sweep, a.shape or list(HEAD_SHAPES)),
+                "kl": lambda: bench_kl(dev, timer, a.shape or list(KL_SHAPES))}
     for name, run in sections.items():
         if a.only in (None, name):
             res[name] = run()

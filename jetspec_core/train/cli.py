@@ -76,7 +76,7 @@ def cmd_data(a: argparse.Namespace) -> int:
 def _train_config(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(layers=tuple(a.layers), steps=a.steps, time_limit_s=a.time_limit, batch_size=a.batch_size,
                        anchors=a.anchors, lr=a.lr, warmup=a.warmup, holdout=a.holdout,
-                       kl_temperature=a.kl_temperature, eval_every=a.eval_every, seed=a.seed,
+                       kl_temperature=a.kl_temperature, kl_kernel=a.kl_kernel, eval_every=a.eval_every, seed=a.seed,
                        ckpt_every_s=a.ckpt_every, profile=a.profile)
 
 
@@ -193,6 +193,9 @@ def register(sub) -> None:
     f.add_argument("--warmup", type=int, default=_T.warmup)
     f.add_argument("--holdout", type=float, default=_T.holdout, help="fraction of sequences held out")
     f.add_argument("--kl-temperature", type=float, default=_T.kl_temperature)
+    f.add_argument("--kl-kernel", choices=["torch", "triton"], default=_T.kl_kernel,
+                   help="how the KL loss is computed: PyTorch ops, or one fused Triton kernel that writes the "
+                        "loss and its gradient in two passes over the logits (CUDA)")
     f.add_argument("--eval-every", type=int, default=_T.eval_every, help="steps between held-out checks (0: end only)")
     f.add_argument("--ckpt-every", type=float, default=_T.ckpt_every_s, help="seconds between checkpoints")
     f.add_argument("--seed", type=int, default=_T.seed)

@@ -47,6 +47,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     kl_temperature: float = 1.0
+    kl_kernel: str = "torch"            # "triton": the fused two-pass KL (kernels/fused_kl.py; CUDA)
     holdout: float = 0.03               # fraction of sequences held out for evaluation
     eval_anchors: int = 8               # anchors per held-out sequence
     eval_every: int = 0                 # steps between evaluations (0: only at the end)
@@ -68,6 +69,7 @@ class TrainConfig:
             (self.batch_size >= 1 and self.anchors >= 1, "batch size and anchors must be >= 1"),
             (self.lr > 0 and 0 <= self.min_lr_ratio <= 1, "lr must be > 0 and min_lr_ratio in [0, 1]"),
             (self.kl_temperature > 0, "the KL temperature must be > 0"),
+            (self.kl_kernel in ("torch", "triton"), f"kl_kernel must be 'torch' or 'triton', got {self.kl_kernel!r}"),
             (0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}"),
             (self.block_size >= 2 and self.max_len > self.block_size, "block_size >= 2 and max_len > block_size"),
         ]
@@ -108,6 +110,20 @@ def block_mask(anchors: torch.Tensor, n: int, block: int) -> torch.Tensor:
     rb = torch.arange(k * block, device=dev)
     in_block = (rb[:, None] // block == rb[None, :] // block) & (rb[None, :] <= rb[:, None])
     return torch.cat([ctx, in_block.expand(b, -1, -1)], dim=2)
+
+
+def kl_torch(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float, rows: int) -> torch.Tensor:
+    """Σ over rows of T² · KL(softmax(t / T) ‖ softmax(s / T)), divided by `rows`, in PyTorch ops
+    (`kernels.fused_kl` is the fused form)."""
+    T = temperature
+    if T != 1.0:
+        s_logits, t_logits = s_logits / T, t_logits / T
+    # (Nv, V) is the step's largest tensor (~1.5 GB in bf16 for 32 sequences): upcast inside
+    # log_softmax rather than by a separate .float() copy, and skip dividing by T = 1 — each full
+    # pass over it, forward and backward, is milliseconds of memory traffic per step
+    logq = F.log_softmax(s_logits, dim=-1, dtype=torch.float32)
+    logp = F.log_softmax(t_logits, dim=-1, dtype=torch.float32)
+    return F.kl_div(logq, logp, log_target=True, reduction="sum") / max(1, rows) * T * T
 
 
 def _perm_index(k: int, n: int, seed: int, cache: dict) -> int:
@@ -184,6 +200,13 @@ class Trainer:
                                              **({"fused": True} if self.device.type == "cuda" else {}))
         self.taps = list(next(iter(self.heads.values())).config.target_layer_ids)
         self.mask_id = mask_token_id
+        self._kl_rows = None
+        if cfg.kl_kernel == "triton":
+            from ..kernels import fused_kl
+
+            if not fused_kl.usable(self.device):
+                raise JetSpecError(f"--kl-kernel triton needs a CUDA device (training runs on {self.device})")
+            self._kl_rows = fused_kl.kl_rows
         self.step = 0
         self.total_steps = cfg.steps
         self.log: list[dict] = []
@@ -216,7 +239,7 @@ class Trainer:
         valid = bt.valid.to(dev)
         rows = fin.gather(1, bt.label_pos.to(dev).flatten(1)[..., None].expand(-1, -1, fin.shape[-1]))
         rows = rows.view(*bt.label_pos.shape, -1)[valid]                           # (Nv, H)
-        t_logits = F.linear(rows, self.lm_head).float()                            # (Nv, V)
+        t_logits = F.linear(rows, self.lm_head)                  # (Nv, V), bf16 on a GPU: _kl upcasts
         return taps, t_logits, valid
 
     def _student(self, head: DraftHead, bt: Batch, taps: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -230,16 +253,16 @@ class Trainer:
             out = head(block.to(ctx.dtype), bt.block_pos.to(dev), ctx, ctx_pos, bt.mask_on(dev))
             out = out.view(b, kB // B, B, -1)[:, :, 1:][valid]                      # (Nv, H)
             logits = F.linear(out, self.lm_head)
-        return logits.float()
+        return logits                                            # bf16 on a GPU: _kl upcasts
 
     def _kl(self, s_logits: torch.Tensor, t_logits: torch.Tensor, rows: int | None = None) -> torch.Tensor:
         """Mean forward KL over `rows` labelled rows (default: those given; data-parallel ranks
         pass the whole batch's count so that their sums add up to the mean)."""
         T = self.cfg.kl_temperature
-        logq = F.log_softmax(s_logits / T, dim=-1)
-        logp = F.log_softmax(t_logits / T, dim=-1)
         n = s_logits.shape[0] if rows is None else rows
-        return F.kl_div(logq, logp, log_target=True, reduction="sum") / max(1, n) * T * T
+        if self._kl_rows is not None:                    # fused: loss and gradient in two passes
+            return self._kl_rows(s_logits, t_logits, T).sum() / max(1, n)
+        return kl_torch(s_logits, t_logits, T, n)
 
     def _share(self, bt: Batch) -> tuple[Batch, int]:
         """This rank's sequences of the step's batch (every world-th), and the batch's labelled rows."""

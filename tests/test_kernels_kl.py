@@ -1,0 +1,92 @@
+"""The fused KL of training (`kernels/fused_kl.py`): per-row loss and gradient against the PyTorch
+form, and a training step through it against the PyTorch path. Without a GPU the kernel runs
+through the Triton interpreter (this module imports it that way first, like the other kernel files)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import interpreted
+
+fk, = interpreted("jetspec_core.kernels.fused_kl")
+
+from jetspec_core.errors import JetSpecError  # noqa: E402
+
+CUDA = torch.cuda.is_available()
+DEV = torch.device("cuda" if CUDA else "cpu")
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
+
+
+def _logits(rows: int, vocab: int, dtype, seed: int, spread: float = 4.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(rows, vocab, generator=g) * spread).to(DEV, dtype)
+
+
+@pytest.mark.parametrize("vocab,temperature", [(97, 1.0), (300, 2.0), (4096, 1.0), (5000, 0.7)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_rows_and_gradient_equal_the_pytorch_form(vocab, temperature, dtype):
+    """Vocabularies below, at and past one block (4096, and 5000: a ragged second block), T ≠ 1."""
+    s = _logits(5, vocab, dtype, 1).requires_grad_(True)
+    t = _logits(5, vocab, dtype, 2)
+    got = fk.kl_rows(s, t, temperature)
+    weights = torch.arange(1.0, 6.0, device=DEV)          # a non-uniform upstream gradient
+    (got * weights).sum().backward()
+    g_got = s.grad.clone()
+    s.grad = None
+    want = fk.kl_rows_reference(s, t, temperature)
+    (want * weights).sum().backward()
+    assert got.dtype == torch.float32 and got.shape == (5,)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    assert g_got.dtype == dtype
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=2e-2, rtol=2e-2)
+    torch.testing.assert_close(g_got, s.grad, **tol)
+    assert bool((got >= -1e-5).all())                       # a KL is never negative
+
+
+def test_equal_distributions_give_zero_and_no_grad_path():
+    s = _logits(3, 257, torch.float32, 3)
+    got = fk.kl_rows(s, s.clone(), 1.0)                     # no grad wanted: the kernel writes no gradient
+    torch.testing.assert_close(got, torch.zeros(3, device=DEV), atol=1e-5, rtol=0)
+    assert fk.kl_rows(s[:0], s[:0]).shape == (0,)
+
+
+def test_bad_input_is_refused():
+    s = _logits(2, 10, torch.float32, 4)
+    with pytest.raises(ValueError, match="one shape"):
+        fk.kl_rows(s, s[:, :9])
+    with pytest.raises(ValueError, match="temperature"):
+        fk.kl_rows(s, s, 0.0)
+    with pytest.raises(ValueError, match="teacher|target"):
+        fk.kl_rows(s, s.clone().requires_grad_(True))
+
+
+def test_training_step_equals_the_pytorch_path(tmp_path):
+    """One step of the trainer with --kl-kernel triton: the same loss and the same updated weights
+    (up to float rounding) as with the PyTorch KL, on a tiny random target."""
+    from test_train import _cfg, _tiny_setup
+    from jetspec_core.train.trainer import Trainer
+
+    hf, data = _tiny_setup()
+    runs = {}
+    for kernel in ("torch", "triton"):
+        tr = Trainer(hf, data, _cfg(layers=(1,), kl_kernel=kernel, kl_temperature=1.5), 96, tmp_path / kernel,
+                     progress=False)
+        loss = tr.train_step()[1]
+        runs[kernel] = (loss, [p.detach().clone() for p in tr.heads[1].parameters()], tr.evaluate()[1]["kl"])
+    (l0, w0, e0), (l1, w1, e1) = runs["torch"], runs["triton"]
+    assert l0 == pytest.approx(l1, rel=1e-5) and e0 == pytest.approx(e1, rel=1e-5)
+    for a, b in zip(w0, w1):   # Adam divides by the gradient's own size: rounding shows relatively
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)     # (the step itself is lr = 3e-3)
+
+
+@pytest.mark.skipif(CUDA, reason="the refusal is for devices without CUDA outside the interpreter")
+def test_trainer_refuses_the_kernel_without_cuda(tmp_path, monkeypatch):
+    from test_train import _cfg, _tiny_setup
+    from jetspec_core.train.trainer import Trainer
+
+    hf, data = _tiny_setup()
+    monkeypatch.setattr(fk, "usable", lambda device: False)      # as outside the interpreter on a CPU
+    with pytest.raises(JetSpecError, match="needs a CUDA device"):
+        Trainer(hf, data, _cfg(kl_kernel="triton"), 96, tmp_path, progress=False)
+    with pytest.raises(JetSpecError, match="kl_kernel"):
+        _cfg(kl_kernel="fast")
