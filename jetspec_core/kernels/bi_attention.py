@@ -32,6 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import is_interpreted
+
 from .tree_attention import _softmax_step, check_heads, check_prefix  # shared update and checks
 
 LOG2E = 1.4426950408889634
@@ -162,10 +164,6 @@ def _zero(device: torch.device) -> torch.Tensor:
     return _ZEROS[device]
 
 
-def _interpreting() -> bool:
-    return type(_bi_attn_kernel).__name__ == "InterpretedFunction"
-
-
 def _check(q, k, v, prefix_len, paths, depth) -> None:
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"q (N, Hq, D), k and v (Hkv, S, D) expected; got q {tuple(q.shape)}, "
@@ -203,7 +201,7 @@ def bi_tree_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, prefix_
     op = torch.empty(n, hq, SPLITS, d, device=q.device, dtype=torch.float32)   # per-split partials
     mp = torch.empty(n, hq, SPLITS, device=q.device, dtype=torch.float32)
     lp = torch.empty_like(mp)
-    dot_fp32 = _interpreting() or q.dtype == torch.float32
+    dot_fp32 = is_interpreted(_bi_attn_kernel) or q.dtype == torch.float32
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
         _bi_attn_kernel[(n, hkv, SPLITS)](
             q, k, v, paths, depth, plen_t, op, mp, lp, 0 if tensor_plen else int(prefix_len), g,

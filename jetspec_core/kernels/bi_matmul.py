@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import is_interpreted
+
 BLOCK_M, NUM_STAGES = 16, 3
 
 
@@ -90,10 +92,6 @@ def _bi_matmul_kernel(X, W, Bias, Res, Y, M, N, K, sxm, swn, srm, sym,
     tl.store(Y + rm.to(tl.int64)[:, None] * sym + rn[None, :], acc.to(Y.dtype.element_ty), mask=omask)
 
 
-def _interpreting() -> bool:
-    return type(_bi_matmul_kernel).__name__ == "InterpretedFunction"
-
-
 def _check(x, w, bias, residual, out_dtype) -> None:
     if x.dim() != 2 or w.dim() != 2:
         raise ValueError(f"x (M, K) and w (N, K) expected; got x {tuple(x.shape)}, w {tuple(w.shape)}")
@@ -134,7 +132,7 @@ def bi_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
         return y
     if k == 0:
         return y.copy_(bi_matmul_reference(x, w, bias, residual, y.dtype))
-    dot_fp32 = _interpreting() or x.dtype == torch.float32
+    dot_fp32 = is_interpreted(_bi_matmul_kernel) or x.dtype == torch.float32
     bn, bk, warps = tile or tile_for(n, k)
     grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, bn))
     args = (x, w, bias if bias is not None else y, residual if residual is not None else y, y, m, n, k,

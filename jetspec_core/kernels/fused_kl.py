@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import is_interpreted
+
 MAX_BLOCK = 4096
 
 
@@ -76,13 +78,9 @@ def kl_rows_reference(s: torch.Tensor, t: torch.Tensor, temperature: float = 1.0
     return (logp.exp() * (logp - logq)).sum(-1) * temperature ** 2
 
 
-def _interpreting() -> bool:
-    return type(_kl_rows_kernel).__name__ == "InterpretedFunction"
-
-
 def usable(device: torch.device) -> bool:
     """Whether the kernel can run for tensors on `device` (a GPU, or any device under the interpreter)."""
-    return torch.device(device).type == "cuda" or _interpreting()
+    return torch.device(device).type == "cuda" or is_interpreted(_kl_rows_kernel)
 
 
 def _launch(s: torch.Tensor, t: torch.Tensor, temperature: float, grad: bool):

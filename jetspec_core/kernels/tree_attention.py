@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import is_interpreted
+
 LOG2E = 1.4426950408889634
 MIN_SPLIT_KEYS = 256   # a split-K chunk holds at least this many prefix rows (twice that below head_dim 128)
 MAX_SPLITS = 16
@@ -249,10 +251,6 @@ def _num_sms(device: torch.device) -> int:
     return _SM_COUNT[idx]
 
 
-def _interpreting() -> bool:
-    return type(_tree_attn_kernel).__name__ == "InterpretedFunction"
-
-
 def default_config(n: int, g: int, hkv: int, d: int, kv_bound: int, dtype: torch.dtype,
                    device: torch.device) -> dict:
     """Block sizes, warps and split-K count for one call (static in the shapes, so a CUDA graph
@@ -351,7 +349,7 @@ def tree_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pre
         lp = torch.empty_like(mp)
     else:
         op = mp = lp = out  # unused
-    interp = _interpreting()
+    interp = is_interpreted(_tree_attn_kernel)
     dot_fp32 = interp or q.dtype == torch.float32
     plen_t = prefix_len.reshape(1).to(torch.int32) if tensor_plen else _zero(q.device)
     _tree_attn_kernel[(grid_m, hkv, splits)](

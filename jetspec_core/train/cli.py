@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from ..errors import JetSpecError
-from .trainer import TrainConfig
+from .trainer import KL_KERNELS, TrainConfig
 
 _T = TrainConfig()  # the one place training defaults come from
 
@@ -193,7 +193,7 @@ def register(sub) -> None:
     f.add_argument("--warmup", type=int, default=_T.warmup)
     f.add_argument("--holdout", type=float, default=_T.holdout, help="fraction of sequences held out")
     f.add_argument("--kl-temperature", type=float, default=_T.kl_temperature)
-    f.add_argument("--kl-kernel", choices=["torch", "triton"], default=_T.kl_kernel,
+    f.add_argument("--kl-kernel", choices=KL_KERNELS, default=_T.kl_kernel,
                    help="how the KL loss is computed: PyTorch ops, or one fused Triton kernel that writes the "
                         "loss and its gradient in two passes over the logits (CUDA)")
     f.add_argument("--eval-every", type=int, default=_T.eval_every, help="steps between held-out checks (0: end only)")

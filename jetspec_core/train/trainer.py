@@ -31,6 +31,9 @@ from .data import DistillData
 from .teacher import teacher_forward
 
 
+KL_KERNELS = ("torch", "triton")   # how the KL loss is computed (`--kl-kernel`)
+
+
 @dataclass
 class TrainConfig:
     """Settings of one training run (every default is declared here once)."""
@@ -47,7 +50,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     kl_temperature: float = 1.0
-    kl_kernel: str = "torch"            # "triton": the fused two-pass KL (kernels/fused_kl.py; CUDA)
+    kl_kernel: str = "torch"            # one of KL_KERNELS; "triton": the fused two-pass KL (kernels/fused_kl.py; CUDA)
     holdout: float = 0.03               # fraction of sequences held out for evaluation
     eval_anchors: int = 8               # anchors per held-out sequence
     eval_every: int = 0                 # steps between evaluations (0: only at the end)
@@ -69,7 +72,7 @@ class TrainConfig:
             (self.batch_size >= 1 and self.anchors >= 1, "batch size and anchors must be >= 1"),
             (self.lr > 0 and 0 <= self.min_lr_ratio <= 1, "lr must be > 0 and min_lr_ratio in [0, 1]"),
             (self.kl_temperature > 0, "the KL temperature must be > 0"),
-            (self.kl_kernel in ("torch", "triton"), f"kl_kernel must be 'torch' or 'triton', got {self.kl_kernel!r}"),
+            (self.kl_kernel in KL_KERNELS, f"kl_kernel must be one of {KL_KERNELS}, got {self.kl_kernel!r}"),
             (0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}"),
             (self.block_size >= 2 and self.max_len > self.block_size, "block_size >= 2 and max_len > block_size"),
         ]
@@ -112,9 +115,9 @@ def block_mask(anchors: torch.Tensor, n: int, block: int) -> torch.Tensor:
     return torch.cat([ctx, in_block.expand(b, -1, -1)], dim=2)
 
 
-def kl_torch(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float, rows: int) -> torch.Tensor:
-    """Σ over rows of T² · KL(softmax(t / T) ‖ softmax(s / T)), divided by `rows`, in PyTorch ops
-    (`kernels.fused_kl` is the fused form)."""
+def kl_torch(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Σ over rows of T² · KL(softmax(t / T) ‖ softmax(s / T)) in PyTorch ops (`kernels.fused_kl`
+    is the fused form)."""
     T = temperature
     if T != 1.0:
         s_logits, t_logits = s_logits / T, t_logits / T
@@ -123,7 +126,7 @@ def kl_torch(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
     # pass over it, forward and backward, is milliseconds of memory traffic per step
     logq = F.log_softmax(s_logits, dim=-1, dtype=torch.float32)
     logp = F.log_softmax(t_logits, dim=-1, dtype=torch.float32)
-    return F.kl_div(logq, logp, log_target=True, reduction="sum") / max(1, rows) * T * T
+    return F.kl_div(logq, logp, log_target=True, reduction="sum") * T * T
 
 
 def _perm_index(k: int, n: int, seed: int, cache: dict) -> int:
@@ -261,8 +264,10 @@ class Trainer:
         T = self.cfg.kl_temperature
         n = s_logits.shape[0] if rows is None else rows
         if self._kl_rows is not None:                    # fused: loss and gradient in two passes
-            return self._kl_rows(s_logits, t_logits, T).sum() / max(1, n)
-        return kl_torch(s_logits, t_logits, T, n)
+            total = self._kl_rows(s_logits, t_logits, T).sum()
+        else:
+            total = kl_torch(s_logits, t_logits, T)
+        return total / max(1, n)
 
     def _share(self, bt: Batch) -> tuple[Batch, int]:
         """This rank's sequences of the step's batch (every world-th), and the batch's labelled rows."""
