@@ -1,4 +1,5 @@
 """Draft-head training: prompt set, teacher, batches, loss falls, exact resume, data checks."""
+import math
 import random
 from pathlib import Path
 
@@ -315,6 +316,37 @@ def test_init_from_a_published_head(tiny_setup, tmp_path):
     shrink = Trainer(hf, data, _cfg(steps=5, layers=(2,)), 96, tmp_path / "d", progress=False)
     with pytest.raises(JetSpecError, match="that head has 3 layers.*never shrink"):
         shrink.init_from(deep)
+
+
+def test_depth_decay_weighs_the_loss_by_depth(tiny_setup, tmp_path):
+    """--depth-decay γ: depth d's KL weighs exp(−(d−1)/γ) in a weighted mean over the labelled rows;
+    a tiny γ leaves depth 1 alone, and γ = 0 is the uniform mean."""
+    hf, data = tiny_setup
+    assert torch.equal(_cfg().depth_weights(), torch.ones(15))
+    torch.testing.assert_close(_cfg(depth_decay=7.0).depth_weights()[:3],
+                               torch.tensor([1.0, math.exp(-1 / 7), math.exp(-2 / 7)]))
+    tr = Trainer(hf, data, _cfg(), 96, tmp_path, progress=False)
+    bt = tr.batch_at(0)
+    taps, t_logits, valid = tr._teacher(bt)
+    s_logits = tr._student(tr.heads[1], bt, taps, valid)
+    logp, logq = torch.log_softmax(t_logits.float(), -1), torch.log_softmax(s_logits.float(), -1)
+    per_row = (logp.exp() * (logp - logq)).sum(-1)                           # KL(target ‖ head) per row
+    depth = torch.arange(1, 16).expand(valid.shape)[valid]                   # each labelled row's depth
+    for gamma in (0.0, 3.0, 1e-3):
+        tr.cfg = _cfg(depth_decay=gamma)
+        w = tr._row_weights(valid)
+        assert (w is None) == (gamma == 0)
+        want = per_row.mean() if gamma == 0 else (per_row * torch.exp(-(depth - 1) / gamma)).sum() / \
+            torch.exp(-(depth - 1) / gamma).sum()
+        torch.testing.assert_close(tr._kl(s_logits, t_logits, None, w), want, rtol=1e-5, atol=1e-6)
+        _, rows = tr._share(bt)                          # what a step divides by: the batch's total weight
+        assert rows == pytest.approx(valid.sum().item() if w is None else w.sum().item())
+    torch.testing.assert_close(tr._kl(s_logits, t_logits, None, tr._row_weights(valid)),
+                               per_row[depth == 1].mean(), rtol=1e-5, atol=1e-6)   # γ → 0: depth 1 only
+    tr.cfg = _cfg(depth_decay=5.0, steps=3)
+    assert all(math.isfinite(tr.train_step()[1]) for _ in range(3))
+    with pytest.raises(JetSpecError, match="depth_decay"):
+        _cfg(depth_decay=-1.0)
 
 
 def test_config_validation():

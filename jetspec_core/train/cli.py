@@ -76,7 +76,8 @@ def cmd_data(a: argparse.Namespace) -> int:
 def _train_config(a: argparse.Namespace) -> TrainConfig:
     return TrainConfig(layers=tuple(a.layers), steps=a.steps, time_limit_s=a.time_limit, batch_size=a.batch_size,
                        anchors=a.anchors, lr=a.lr, warmup=a.warmup, holdout=a.holdout,
-                       kl_temperature=a.kl_temperature, kl_kernel=a.kl_kernel, eval_every=a.eval_every, seed=a.seed,
+                       kl_temperature=a.kl_temperature, kl_kernel=a.kl_kernel, depth_decay=a.depth_decay,
+                       eval_every=a.eval_every, seed=a.seed,
                        ckpt_every_s=a.ckpt_every, profile=a.profile)
 
 
@@ -193,6 +194,8 @@ def register(sub) -> None:
     f.add_argument("--warmup", type=int, default=_T.warmup)
     f.add_argument("--holdout", type=float, default=_T.holdout, help="fraction of sequences held out")
     f.add_argument("--kl-temperature", type=float, default=_T.kl_temperature)
+    f.add_argument("--depth-decay", type=float, default=_T.depth_decay, metavar="GAMMA",
+                   help="weigh draft depth d's loss by exp(-(d-1)/GAMMA) (e.g. 7); 0: every depth alike")
     f.add_argument("--kl-kernel", choices=KL_KERNELS, default=_T.kl_kernel,
                    help="how the KL loss is computed: PyTorch ops, or one fused Triton kernel that writes the "
                         "loss and its gradient in two passes over the logits (CUDA)")

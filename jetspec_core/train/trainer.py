@@ -6,8 +6,9 @@ positions a are drawn at random in the response; each gives a block `[x_a, MASK 
 absolute positions a..a+B−1 that sees the context rows < a and, causally, its own earlier slots.
 All blocks of a sequence share one head forward (block rows packed side by side, the mask keeps
 them apart). Slot d is trained towards the target's next-token distribution at position a+d−1
-(teacher forcing on the target's own answer) with the temperature-scaled forward KL, uniform
-over depths, no loss on the anchor slot. Several heads (e.g. 1, 2 and 3 layers) may train at
+(teacher forcing on the target's own answer) with the temperature-scaled forward KL, no loss on
+the anchor slot; depths weigh equally, or depth d by exp(−(d−1)/γ) with `depth_decay` γ > 0 (shallow
+slots decide most of the acceptance: a round reaches depth 5 in under a third of the rounds). Several heads (e.g. 1, 2 and 3 layers) may train at
 once on the same teacher outputs, which is how the number of draft layers is chosen.
 
 Every random choice of step s comes from a generator seeded with (seed, s), so a run resumed
@@ -51,6 +52,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     kl_temperature: float = 1.0
     kl_kernel: str = "torch"            # one of KL_KERNELS; "triton": the fused two-pass KL (kernels/fused_kl.py; CUDA)
+    depth_decay: float = 0.0            # γ: depth d's loss weighs exp(−(d−1)/γ); 0: every depth alike
     holdout: float = 0.03               # fraction of sequences held out for evaluation
     eval_anchors: int = 8               # anchors per held-out sequence
     eval_every: int = 0                 # steps between evaluations (0: only at the end)
@@ -73,12 +75,18 @@ class TrainConfig:
             (self.lr > 0 and 0 <= self.min_lr_ratio <= 1, "lr must be > 0 and min_lr_ratio in [0, 1]"),
             (self.kl_temperature > 0, "the KL temperature must be > 0"),
             (self.kl_kernel in KL_KERNELS, f"kl_kernel must be one of {KL_KERNELS}, got {self.kl_kernel!r}"),
+            (self.depth_decay >= 0, f"depth_decay must be >= 0 (0: uniform), got {self.depth_decay}"),
             (0 <= self.holdout < 1, f"holdout must be in [0, 1), got {self.holdout}"),
             (self.block_size >= 2 and self.max_len > self.block_size, "block_size >= 2 and max_len > block_size"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise JetSpecError(msg)
+
+    def depth_weights(self) -> torch.Tensor:
+        """(B−1,) loss weight of draft depths 1..B−1 (all 1 when depth_decay is 0)."""
+        d = torch.arange(self.block_size - 1, dtype=torch.float32)
+        return torch.exp(-d / self.depth_decay) if self.depth_decay > 0 else torch.ones_like(d)
 
     def lr_at(self, step: int, total: int) -> float:
         """Linear warm-up, then cosine decay to lr · min_lr_ratio at `total`."""
@@ -115,17 +123,20 @@ def block_mask(anchors: torch.Tensor, n: int, block: int) -> torch.Tensor:
     return torch.cat([ctx, in_block.expand(b, -1, -1)], dim=2)
 
 
-def kl_torch(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Σ over rows of T² · KL(softmax(t / T) ‖ softmax(s / T)) in PyTorch ops (`kernels.fused_kl`
-    is the fused form)."""
+def kl_torch(s_logits: torch.Tensor, t_logits: torch.Tensor, temperature: float,
+             per_row: bool = False) -> torch.Tensor:
+    """Σ over rows of T² · KL(softmax(t / T) ‖ softmax(s / T)) in PyTorch ops, or (per_row) the
+    (R,) row values (`kernels.fused_kl` is the fused form)."""
     T = temperature
-    if T != 1.0:
-        s_logits, t_logits = s_logits / T, t_logits / T
+    if T != 1.0:   # divide in fp32: bf16 logits / T would round (the fused kernel scales in fp32 too)
+        s_logits, t_logits = s_logits.float() / T, t_logits.float() / T
     # (Nv, V) is the step's largest tensor (~1.5 GB in bf16 for 32 sequences): upcast inside
     # log_softmax rather than by a separate .float() copy, and skip dividing by T = 1 — each full
     # pass over it, forward and backward, is milliseconds of memory traffic per step
     logq = F.log_softmax(s_logits, dim=-1, dtype=torch.float32)
     logp = F.log_softmax(t_logits, dim=-1, dtype=torch.float32)
+    if per_row:
+        return F.kl_div(logq, logp, log_target=True, reduction="none").sum(-1) * T * T
     return F.kl_div(logq, logp, log_target=True, reduction="sum") * T * T
 
 
@@ -258,20 +269,34 @@ class Trainer:
             logits = F.linear(out, self.lm_head)
         return logits                                            # bf16 on a GPU: _kl upcasts
 
-    def _kl(self, s_logits: torch.Tensor, t_logits: torch.Tensor, rows: int | None = None) -> torch.Tensor:
-        """Mean forward KL over `rows` labelled rows (default: those given; data-parallel ranks
-        pass the whole batch's count so that their sums add up to the mean)."""
+    def _kl(self, s_logits: torch.Tensor, t_logits: torch.Tensor, rows: float | None = None,
+            weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean forward KL over the labelled rows, each weighing `weights` (default 1), divided by
+        `rows` (default: the given rows' total weight; data-parallel ranks pass the whole batch's so
+        that their sums add up to the batch's weighted mean)."""
         T = self.cfg.kl_temperature
-        n = s_logits.shape[0] if rows is None else rows
+        n = (s_logits.shape[0] if weights is None else float(weights.sum())) if rows is None else rows
         if self._kl_rows is not None:                    # fused: loss and gradient in two passes
-            total = self._kl_rows(s_logits, t_logits, T).sum()
-        else:
+            per_row = self._kl_rows(s_logits, t_logits, T)
+            total = per_row.sum() if weights is None else (per_row * weights).sum()
+        elif weights is None:
             total = kl_torch(s_logits, t_logits, T)
-        return total / max(1, n)
+        else:
+            total = (kl_torch(s_logits, t_logits, T, per_row=True) * weights).sum()
+        return total / max(1e-9, n)
 
-    def _share(self, bt: Batch) -> tuple[Batch, int]:
-        """This rank's sequences of the step's batch (every world-th), and the batch's labelled rows."""
-        rows = int(bt.valid.sum())
+    def _row_weights(self, valid: torch.Tensor) -> torch.Tensor | None:
+        """(Nv,) the depth weight of each labelled row of `valid` (b, k, B−1), or None if uniform."""
+        if self.cfg.depth_decay <= 0:
+            return None
+        w = self.cfg.depth_weights().to(valid.device)
+        return w.expand(valid.shape)[valid]
+
+    def _share(self, bt: Batch) -> tuple[Batch, float]:
+        """This rank's sequences of the step's batch (every world-th), and the batch's labelled rows
+        (their total depth weight)."""
+        w = self._row_weights(bt.valid)
+        rows = int(bt.valid.sum()) if w is None else float(w.sum())
         if self.world == 1:
             return bt, rows
         part = slice(self.rank, None, self.world)
@@ -320,7 +345,7 @@ class Trainer:
             opt = self.opts[L]
             for g in opt.param_groups:
                 g["lr"] = self.cfg.lr_at(self.step, self.total_steps)
-            loss = self._kl(self._student(head, bt, taps, valid), t_logits, rows)
+            loss = self._kl(self._student(head, bt, taps, valid), t_logits, rows, self._row_weights(valid))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             t = self._mark(f"student_L{L}", t)
