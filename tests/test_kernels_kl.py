@@ -84,6 +84,21 @@ def test_training_step_equals_the_pytorch_path(tmp_path):
         torch.testing.assert_close(a, b, **tol)
 
 
+def test_auto_takes_the_kernel_on_cuda_only(tmp_path):
+    """--kl-kernel auto (the default): the fused kernel for a model on a CUDA device, PyTorch ops
+    on a CPU one (even where the interpreter could run the kernel there)."""
+    from test_train import _cfg, _tiny_setup
+    from jetspec_core.train.trainer import Trainer, TrainConfig
+
+    assert TrainConfig().kl_kernel == "auto"
+    hf, data = _tiny_setup()
+    cpu = Trainer(hf, data, _cfg(), 96, tmp_path / "cpu", progress=False)
+    assert cpu.kl_kernel == "torch" and cpu._kl_rows is None
+    if CUDA:
+        gpu = Trainer(hf.to(DEV), data, _cfg(), 96, tmp_path / "gpu", progress=False)
+        assert gpu.kl_kernel == "triton" and gpu._kl_rows is fk.kl_rows
+
+
 @pytest.mark.skipif(CUDA, reason="the refusal is for devices without CUDA outside the interpreter")
 def test_trainer_refuses_the_kernel_without_cuda(tmp_path, monkeypatch):
     from test_train import _cfg, _tiny_setup

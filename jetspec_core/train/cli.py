@@ -198,7 +198,7 @@ def register(sub) -> None:
                    help="weigh draft depth d's loss by exp(-(d-1)/GAMMA) (e.g. 7); 0: every depth alike")
     f.add_argument("--kl-kernel", choices=KL_KERNELS, default=_T.kl_kernel,
                    help="how the KL loss is computed: PyTorch ops, or one fused Triton kernel that writes the "
-                        "loss and its gradient in two passes over the logits (CUDA)")
+                        "loss and its gradient in two passes over the logits (CUDA); auto: the kernel on CUDA")
     f.add_argument("--eval-every", type=int, default=_T.eval_every, help="steps between held-out checks (0: end only)")
     f.add_argument("--ckpt-every", type=float, default=_T.ckpt_every_s, help="seconds between checkpoints")
     f.add_argument("--seed", type=int, default=_T.seed)
