@@ -125,6 +125,23 @@ def test_teacher_matches_our_forward(arch):
         teacher_forward(hf, ids, torch.ones_like(ids), [5])  # the last layer is not tappable from HF
 
 
+def test_teacher_without_a_mask_equals_the_masked_forward_on_real_positions():
+    """Right-padded rows: causal attention alone gives the real positions the masked forward's
+    outputs (the trainer passes no mask); a row shorter than the batch is the case that matters."""
+    hf = teacher_model(target_from_hf(tiny_hf("llama"), name="tiny"))
+    ids = torch.randint(0, 97, (3, 12), generator=torch.Generator().manual_seed(2))
+    lens = torch.tensor([12, 7, 3])
+    att = (torch.arange(12) < lens[:, None]).long()
+    ids = ids * att                                               # pads: token 0 after each row's end
+    t_mask, f_mask = teacher_forward(hf, ids, att, [1, 3])
+    t_none, f_none = teacher_forward(hf, ids, None, [1, 3])
+    real = att.bool()
+    torch.testing.assert_close(t_none[real], t_mask[real], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(f_none[real], f_mask[real], atol=1e-5, rtol=1e-5)
+    alone, _ = teacher_forward(hf, ids[1:2, :7], None, [1, 3])   # and those of the row on its own
+    torch.testing.assert_close(t_none[1, :7], alone[0], atol=1e-5, rtol=1e-5)
+
+
 def test_generation_left_padding_is_batch_invariant():
     hf = teacher_model(target_from_hf(tiny_hf("llama"), name="tiny"))
     prompts = [[5, 6, 7], [9, 10, 11, 12, 13, 14, 15], [20]]

@@ -46,10 +46,15 @@ def teacher_model(target: Target, dtype: torch.dtype | None = None):
 
 
 @torch.no_grad()
-def teacher_forward(hf, ids: torch.Tensor, attention_mask: torch.Tensor, taps: list[int]):
+def teacher_forward(hf, ids: torch.Tensor, attention_mask: torch.Tensor | None, taps: list[int]):
     """ids, attention_mask (b, n), right-padded. Returns the tapped hidden states (b, n, len(taps)·H)
     — outputs of decoder layer L for L in taps, i.e. HF `hidden_states[L + 1]` — and the final-normed
-    hidden (b, n, H) whose lm_head gives the target's next-token logits."""
+    hidden (b, n, H) whose lm_head gives the target's next-token logits.
+
+    attention_mask None: every row's tokens come before its padding (right padding), so causal
+    attention alone keeps real positions from seeing pads — their outputs are those of the masked
+    forward (padded positions' are not, and must not be used) — and HF can take its mask-free
+    causal attention path instead of materialising a (b, 1, n, n) padding mask."""
     num_layers = hf.config.num_hidden_layers
     if any(not 0 <= t < num_layers - 1 for t in taps):
         # hidden_states[num_layers] is after the final norm in HF models, not the layer output

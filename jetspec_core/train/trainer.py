@@ -263,7 +263,8 @@ class Trainer:
 
     def _teacher(self, bt: Batch):
         dev = self.device
-        taps, fin = teacher_forward(self.hf, bt.ids.to(dev), bt.att.to(dev), self.taps)
+        # make_batch pads on the right and no label or context row is a pad: no padding mask needed
+        taps, fin = teacher_forward(self.hf, bt.ids.to(dev), None, self.taps)
         valid = bt.valid.to(dev)
         rows = fin.gather(1, bt.label_pos.to(dev).flatten(1)[..., None].expand(-1, -1, fin.shape[-1]))
         rows = rows.view(*bt.label_pos.shape, -1)[valid]                           # (Nv, H)
