@@ -7,9 +7,10 @@ absolute positions a..a+B−1 that sees the context rows < a and, causally, its 
 All blocks of a sequence share one head forward (block rows packed side by side, the mask keeps
 them apart). Slot d is trained towards the target's next-token distribution at position a+d−1
 (teacher forcing on the target's own answer) with the temperature-scaled forward KL, no loss on
-the anchor slot; depths weigh equally, or depth d by exp(−(d−1)/γ) with `depth_decay` γ > 0 (shallow
-slots decide most of the acceptance: a round reaches depth 5 in under a third of the rounds). Several heads (e.g. 1, 2 and 3 layers) may train at
-once on the same teacher outputs, which is how the number of draft layers is chosen.
+the anchor slot; depths weigh equally, or depth d by exp(−(d−1)/γ) with `depth_decay` γ > 0
+(shallow slots decide most of the acceptance: a round reaches depth 5 in under a third of the
+rounds). Several heads (e.g. 1, 2 and 3 layers) may train at once on the same teacher outputs,
+which is how the number of draft layers is chosen.
 
 Every random choice of step s comes from a generator seeded with (seed, s), so a run resumed
 from its checkpoint continues exactly as an uninterrupted run would.
@@ -232,15 +233,15 @@ class Trainer:
         try:
             from ..kernels import fused_kl
         except ImportError as e:
-            if asked == "auto":
-                return "torch"
-            raise JetSpecError(f"--kl-kernel triton needs triton ({e})") from e
-        if not fused_kl.usable(self.device):
-            if asked == "auto":
-                return "torch"
-            raise JetSpecError(f"--kl-kernel triton needs a CUDA device (training runs on {self.device})")
-        self._kl_rows = fused_kl.kl_rows
-        return "triton"
+            missing = f"triton ({e})"
+        else:
+            if fused_kl.usable(self.device):
+                self._kl_rows = fused_kl.kl_rows
+                return "triton"
+            missing = f"a CUDA device (training runs on {self.device})"
+        if asked == "auto":
+            return "torch"
+        raise JetSpecError(f"--kl-kernel triton needs {missing}")
 
     # -- one step -------------------------------------------------------------------------------
     def _autocast(self):
