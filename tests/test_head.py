@@ -97,6 +97,44 @@ def test_shallow_proposal_equals_the_first_rows_of_the_full_one(tiny):
         torch.testing.assert_close(part, full[: part.shape[0]], atol=1e-5, rtol=1e-5)
 
 
+def test_cpu_logits_padding_keeps_every_row(tiny):
+    """On a CPU 5–15 lm_head rows are padded to 16 for speed: each row's logits stay its own."""
+    from jetspec_core.model import CPU_PAD_ROWS
+
+    m = tiny.model
+    h = torch.randn(20, tiny.shape.hidden_size, generator=torch.Generator().manual_seed(3))
+    want = torch.nn.functional.linear(h, m.lm_head).float()
+    for n in range(1, 21):
+        got = m.logits(h[:n])
+        assert got.shape == (n, tiny.shape.vocab_size) and got.dtype == torch.float32
+        torch.testing.assert_close(got, want[:n], atol=1e-5, rtol=1e-5, msg=f"{n} rows")
+    assert CPU_PAD_ROWS[0] < 15 < CPU_PAD_ROWS[1]                 # the draft's 15 depths are padded
+
+
+def test_cpu_decoder_stores_linear_weights_column_major():
+    """A Decoder on a CPU re-lays the target's and the head's projection matrices column-major
+    (faster small-row GEMMs there): same values and shapes, embedding / lm_head untouched, and the
+    forward gives the same logits as before."""
+    from jetspec_core.decoder import Decoder
+    from jetspec_core.drafter import HeadDrafter
+
+    target = target_from_hf(tiny_hf("llama"), name="tiny")
+    head = make_head(target).eval()
+    m = target.model
+    before = {id(p): p.detach().clone() for p in m.linear_weights() + list(head.parameters())}
+    ids, pos = torch.tensor([3, 9, 27, 81, 4]), torch.arange(5)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()
+    want, _ = m(ids, pos, m.new_cache(8), causal)
+    Decoder(target, HeadDrafter(head, m))
+    mats = m.linear_weights() + [p for p in head.layers.parameters() if p.dim() == 2]
+    assert mats and all(p.stride() == (1, p.shape[0]) for p in mats)
+    assert m.embed.is_contiguous() and m.lm_head.is_contiguous() and head.fc.weight.is_contiguous()
+    for p in m.linear_weights() + list(head.parameters()):
+        assert torch.equal(p, before[id(p)])
+    got, _ = m(ids, pos, m.new_cache(8), causal)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
 def test_drafter_cached_context_equals_a_full_forward(tiny):
     """The drafter keeps the context rows' keys/values from round to round; its proposal must
     equal one head forward over the whole fused context (as training computes it)."""

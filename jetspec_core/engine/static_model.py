@@ -61,6 +61,14 @@ def fuse_rows(params: list[torch.nn.Parameter]) -> torch.Tensor:
     return fused
 
 
+def row_major(p: torch.nn.Parameter) -> torch.Tensor:
+    """p's data, contiguous: a CPU `Decoder` stores projection matrices column-major
+    (`model.column_major_on_cpu`), and the engine's kernels want rows. Re-laid in place, values unchanged."""
+    if not p.data.is_contiguous():
+        p.data = p.data.contiguous()
+    return p.data
+
+
 def rope_table(n_pos: int, head_dim: int, theta: float, device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin (n_pos, head_dim) exactly as `model.rope_cos_sin` computes them per position."""
     inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
@@ -233,8 +241,8 @@ class StaticTarget:
             gu = fuse_rows([w["mlp_gate_proj_weight"], w["mlp_up_proj_weight"]])
             self.layers.append(_Layer(
                 ln1=w["input_layernorm_weight"].data, ln2=w["post_attention_layernorm_weight"].data,
-                qkv=qkv, qkv_b=b, o=w["self_attn_o_proj_weight"].data, gu=gu,
-                down=w["mlp_down_proj_weight"].data,
+                qkv=qkv, qkv_b=b, o=row_major(w["self_attn_o_proj_weight"]), gu=gu,
+                down=row_major(w["mlp_down_proj_weight"]),
                 q_norm=w["self_attn_q_norm_weight"].data if model.qk_norm else None,
                 k_norm=w["self_attn_k_norm_weight"].data if model.qk_norm else None))
         size = (s.num_kv_heads, capacity, s.head_dim)
@@ -350,8 +358,8 @@ class StaticHead:
             qkv = fuse_rows([lay.q_proj.weight, lay.k_proj.weight, lay.v_proj.weight])
             gu = fuse_rows([lay.gate_proj.weight, lay.up_proj.weight])
             self.layers.append(_Layer(ln1=lay.input_layernorm.data, ln2=lay.post_attention_layernorm.data,
-                                      qkv=qkv, qkv_b=None, o=lay.o_proj.weight.data, gu=gu,
-                                      down=lay.down_proj.weight.data, q_norm=lay.q_norm.data,
+                                      qkv=qkv, qkv_b=None, o=row_major(lay.o_proj.weight), gu=gu,
+                                      down=row_major(lay.down_proj.weight), q_norm=lay.q_norm.data,
                                       k_norm=lay.k_norm.data))
         size = (c.num_hidden_layers, c.num_key_value_heads, cap, c.head_dim)
         self.k = torch.zeros(size, device=dev, dtype=self.dtype)
