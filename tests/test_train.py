@@ -289,6 +289,7 @@ def _data_parallel_worker(rank: int, world: int, tmp: Path) -> None:
     report = tr.run()
     if rank == 0:
         torch.save({"head": tr.heads[1].state_dict(), "log": report["log"], "heldout": report["heldout"]}, tmp / "dp.pt")
+    dist.barrier()                 # as `train fit` does: rank 0 works on after the loop; leave together
     dist.destroy_process_group()
 
 

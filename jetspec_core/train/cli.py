@@ -130,6 +130,9 @@ def cmd_fit(a: argparse.Namespace) -> int:
     if world > 1:
         import torch.distributed as dist
 
+        # rank 0 evaluates and saves after the loop: leave together (a gloo rank that tore down
+        # first was once aborted with SIGABRT in the data-parallel test)
+        dist.barrier()
         dist.destroy_process_group()
         if rank != 0:
             return 0
