@@ -125,8 +125,8 @@ CPU_PAD_ROWS = (4, 16)   # lm_head row counts strictly between these are padded 
 def column_major_on_cpu(params) -> int:
     """Store 2-D CPU parameters column-major: the same (out, in) tensor, values unchanged, strides
     (1, out). fp32 `F.linear` then multiplies by a row-major (in, out) matrix, which the CPU GEMM
-    ran faster at the few rows a decode step or a small tree has (the 2-core Xeon, torch 2.13: up
-    to 3x per GEMM at 16 rows; 1–7 % end to end for plain and JetSpec decoding alike). Returns how
+    ran faster at the few rows a small tree has (the 2-core Xeon, torch 2.13: 1.6–3x per GEMM at
+    16 rows, `docs/measured/cpu-ab.py gemm`; 1–7 % end to end for plain and JetSpec decoding alike). Returns how
     many parameters changed (already column-major ones and non-CPU ones are left)."""
     changed = 0
     for p in params:
@@ -185,9 +185,10 @@ class TargetModel(torch.nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final-normed hidden (…, H) → logits (…, V) in fp32. On a CPU, 5–15 rows are padded to 16
-        (values unchanged): there the lm_head GEMM of so few rows took up to twice as long as one of
-        16 (SmolLM2's 49,152 × 576 in fp32, torch 2.13 on the 2-core Xeon: 24 ms for 15 rows, 12 ms
-        for 16) — the draft's 15 depths and small trees hit exactly that range."""
+        (values unchanged): there the lm_head GEMM of 15 rows took 1.4–2x as long as one of 16
+        (SmolLM2's 49,152 × 576 in fp32, torch 2.13 on the 2-core Xeon: 13–24 ms against 8–15 ms,
+        `docs/measured/cpu-ab.py gemm`) — the draft's 15 depths hit exactly that; at 8 rows the runs
+        disagreed (17 against 12 ms once, 8–11 against 8–15 ms later)."""
         n = hidden.shape[0]
         if hidden.dim() == 2 and hidden.device.type == "cpu" and CPU_PAD_ROWS[0] < n < CPU_PAD_ROWS[1]:
             pad = hidden.new_zeros(CPU_PAD_ROWS[1] - n, hidden.shape[1])

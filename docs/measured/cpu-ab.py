@@ -1,10 +1,15 @@
 """CPU A/B of this session's GEMM changes, each measured in one process, alternating per prompt, over
 4 HumanEval + 4 MT-Bench prompts at the app's CPU defaults (budget 16, topb K = 7, 128 new tokens, fp32,
-greedy), twice. Usage: PYTHONPATH=. python3 docs/measured/cpu-ab.py padding|layout
+greedy), twice. Usage: PYTHONPATH=. python3 docs/measured/cpu-ab.py padding|layout|gemm
   padding: lm_head rows padded to 16 off / on (model.CPU_PAD_ROWS), plus plain decoding
-  layout:  projection weights row-major / column-major, JetSpec and plain decoding"""
+  layout:  projection weights row-major / column-major, JetSpec and plain decoding
+  gemm:    no model: fp32 F.linear ms per call at SmolLM2's shapes (random weights) by row count —
+           the lm_head row-major, the projections row-major / column-major"""
 import sys
 import time
+
+import torch
+import torch.nn.functional as F
 
 import jetspec_core.model as M
 from jetspec_core.bench.datasets import load_dataset, spread
@@ -12,6 +17,26 @@ from jetspec_core.config import DecodeConfig
 from jetspec_core.loading import load_decoder
 
 what = sys.argv[1]
+if what == "gemm":
+    def ms(fn, reps=20):
+        for _ in range(3):
+            fn()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t0) / reps * 1e3
+
+    g = torch.Generator().manual_seed(0)
+    for n_out, k in ((49152, 576), (576, 576), (1536, 576), (576, 1536)):
+        w = torch.randn(n_out, k, generator=g)
+        layouts = {"row-major": w} if n_out == 49152 else {"row-major": w, "column-major": w.t().contiguous().t()}
+        for name, wl in layouts.items():
+            cells = []
+            for m in (1, 8, 15, 16, 32):
+                x = torch.randn(m, k, generator=g)
+                cells.append(f"{m}: {ms(lambda: F.linear(x, wl)):.3f}")
+            print(f"{n_out:6d} x {k:4d} {name:12s} ms by rows  " + "  ".join(cells))
+    sys.exit(0)
 L = load_decoder(device="cpu", dtype="float32", engine="reference")
 dec, t = L.decoder, L.target
 ids = [t.encode_prompt(p.text, chat=True)

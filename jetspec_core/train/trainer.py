@@ -100,8 +100,7 @@ class TrainConfig:
 
 @dataclass
 class Batch:
-    ids: torch.Tensor          # (b, n) right-padded sequences
-    att: torch.Tensor          # (b, n) 1 on real tokens
+    ids: torch.Tensor          # (b, n) right-padded sequences (the teacher needs no padding mask)
     block_ids: torch.Tensor    # (b, k·B) [anchor, MASK…] per block
     block_pos: torch.Tensor    # (b, k·B) absolute positions a + i
     anchors: torch.Tensor      # (b, k) anchor positions a (0 for unused slots)
@@ -157,13 +156,11 @@ def make_batch(seqs: list[list[int]], plens: list[int], anchors: int, block: int
     seqs = [s[:max_len] for s in seqs]
     n = max(len(s) for s in seqs)
     ids = torch.zeros(b, n, dtype=torch.long)
-    att = torch.zeros(b, n, dtype=torch.long)
     A = torch.zeros(b, k, dtype=torch.long)
     ok = torch.zeros(b, k, dtype=torch.bool)
     lens = torch.tensor([len(s) for s in seqs])
     for i, (s, p) in enumerate(zip(seqs, plens)):
         ids[i, :len(s)] = torch.tensor(s)
-        att[i, :len(s)] = 1
         lo, hi = p - 1, len(s) - 2            # anchor a needs a label for depth 1: a + 1 <= len − 1
         if hi < lo:
             continue
@@ -178,7 +175,7 @@ def make_batch(seqs: list[list[int]], plens: list[int], anchors: int, block: int
     blk = torch.full((b, k, B), mask_id, dtype=torch.long)
     blk[:, :, 0] = ids.gather(1, A)
     block_pos = (A[..., None] + torch.arange(B)).reshape(b, k * B)
-    return Batch(ids, att, blk.reshape(b, k * B), block_pos, A, label_pos, valid)
+    return Batch(ids, blk.reshape(b, k * B), block_pos, A, label_pos, valid)
 
 
 class Trainer:
@@ -291,7 +288,8 @@ class Trainer:
         `rows` (default: the given rows' total weight; data-parallel ranks pass the whole batch's so
         that their sums add up to the batch's weighted mean)."""
         T = self.cfg.kl_temperature
-        n = (s_logits.shape[0] if weights is None else float(weights.sum())) if rows is None else rows
+        if rows is None:
+            rows = s_logits.shape[0] if weights is None else float(weights.sum())
         if self._kl_rows is not None:                    # fused: loss and gradient in two passes
             per_row = self._kl_rows(s_logits, t_logits, T)
             total = per_row.sum() if weights is None else (per_row * weights).sum()
@@ -299,7 +297,7 @@ class Trainer:
             total = kl_torch(s_logits, t_logits, T)
         else:
             total = (kl_torch(s_logits, t_logits, T, per_row=True) * weights).sum()
-        return total / max(1e-9, n)
+        return total / max(1e-9, rows)
 
     def _row_weights(self, valid: torch.Tensor) -> torch.Tensor | None:
         """(Nv,) the depth weight of each labelled row of `valid` (b, k, B−1), or None if uniform."""
@@ -355,13 +353,14 @@ class Trainer:
         t = time.perf_counter()
         bt, rows = self._share(self.batch_at(self.step) if bt is None else bt)
         taps, t_logits, valid = self._teacher(bt)
+        weights = self._row_weights(valid)                # the same for every head
         t = self._mark("teacher", t)
         losses = {}
         for L, head in self.heads.items():
             opt = self.opts[L]
             for g in opt.param_groups:
                 g["lr"] = self.cfg.lr_at(self.step, self.total_steps)
-            loss = self._kl(self._student(head, bt, taps, valid), t_logits, rows, self._row_weights(valid))
+            loss = self._kl(self._student(head, bt, taps, valid), t_logits, rows, weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             t = self._mark(f"student_L{L}", t)
