@@ -178,7 +178,11 @@ class Studio:
                 why = info.get("batch_invariant_note") or "off (JETSPEC_BATCH_INVARIANT=0)"
                 engine += (f" · batch-invariant mode {why}: greedy JetSpec may differ from plain at"
                            " bf16 near-ties")
-        out.append((f"target: {self.target.name} · head: {self.head_desc} · device: {self.device} · {engine}",
+        scores = ""
+        if self.head is not None:
+            scores = (" · tree scores: calibrated (calibration.json)" if getattr(self.head, "calibration", None)
+                      else " · tree scores: raw draft log-probs")
+        out.append((f"target: {self.target.name} · head: {self.head_desc}{scores} · device: {self.device} · {engine}",
                     "info"))
         return out
 

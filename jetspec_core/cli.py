@@ -34,12 +34,13 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=_D.top_k, help="0 = off")
     p.add_argument("--top-p", type=float, default=_D.top_p)
     p.add_argument("--seed", type=int, default=_D.seed)
+    p.add_argument("--no-calibration", action="store_true", help="rank tree nodes by the raw draft log-probs, not the head's calibration.json")
 
 
 def decode_config(a: argparse.Namespace) -> DecodeConfig:
     return DecodeConfig(mode=a.mode, budget=a.budget, width=a.width, depth=a.depth, builder=a.builder,
                         max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                        top_p=a.top_p, seed=a.seed)
+                        top_p=a.top_p, seed=a.seed, calibrate=not a.no_calibration)
 
 
 def cmd_generate(a: argparse.Namespace) -> int:

@@ -47,6 +47,8 @@ class DecodeConfig:
     top_p: float = 1.0
     seed: int = 0
     stop_at_eos: bool = True
+    calibrate: bool = True    # rank tree nodes by the head's calibration.json when it has one
+
 
     def __post_init__(self) -> None:
         _check(self.mode in MODES, f"mode must be one of {', '.join(MODES)}, got {self.mode!r}")
@@ -68,6 +70,7 @@ class DecodeConfig:
                f"top_p must be a number in (0, 1], got {self.top_p!r}")
         _check(_is_int(self.seed) and 0 <= self.seed < 2**63,
                f"seed must be a non-negative integer, got {self.seed!r}")
+        _check(isinstance(self.calibrate, bool), f"calibrate must be true or false, got {self.calibrate!r}")
 
     @property
     def greedy(self) -> bool:

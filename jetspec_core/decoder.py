@@ -170,7 +170,8 @@ class Decoder:
             self._sync()
             t1 = time.perf_counter()
             # -- build the tree under the budget
-            tree = build_tree(cfg.builder, root, lp, cfg.width, depth, budget) if drafter \
+            tree = build_tree(cfg.builder, root, lp, cfg.width, depth, budget,
+                              getattr(drafter, "calibration", None) if cfg.calibrate else None) if drafter \
                 else build_tree(cfg.builder, root, torch.zeros(0, 1), 1, 0, 1)
             anc = tree.ancestor_mask().to(dev)
             t2 = time.perf_counter()

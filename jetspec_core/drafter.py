@@ -17,6 +17,7 @@ class Drafter:
 
     taps: tuple[int, ...] = ()
     max_depth: int = 15
+    calibration = None  # a jetspec_core.calibration.Calibration for the tree builders, if any
 
     def start(self, hidden: torch.Tensor | None, committed: list[int]) -> None:
         """Prefill done: hidden (P−1, n·H) of the prompt rows in the target cache."""
@@ -36,6 +37,7 @@ class HeadDrafter(Drafter):
 
     def __init__(self, head: DraftHead, target: TargetModel):
         self.head, self.target = head, target
+        self.calibration = getattr(head, "calibration", None)
         c = head.config
         self.taps = tuple(c.target_layer_ids)
         self.max_depth = c.block_size - 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .calibration import Calibration
 from .errors import JetSpecError
 from .model import ModelShape, apply_rope, rms_norm, rope_cos_sin
 
@@ -207,6 +208,7 @@ class DraftHead(torch.nn.Module):
         self.hidden_norm = torch.nn.Parameter(torch.ones(c.hidden_size))
         self.layers = torch.nn.ModuleList(HeadLayer(c) for _ in range(c.num_hidden_layers))
         self.norm = torch.nn.Parameter(torch.ones(c.hidden_size))
+        self.calibration: Calibration | None = None   # tree scores (calibration.json), not a weight
 
     def fuse(self, taps: torch.Tensor) -> torch.Tensor:
         """Tapped target hidden states (…, n·Ht) → context features (…, H)."""
@@ -278,6 +280,7 @@ class DraftHead(torch.nn.Module):
             raise JetSpecError(f"{w_path}: tensor {wrong[0]} has shape {tuple(state[wrong[0]].shape)}, "
                                f"config says {tuple(expected[wrong[0]].shape)}")
         head.load_state_dict(state)
+        head.calibration = Calibration.load(folder)    # None when the folder has no calibration.json
         return head.to(device=device, dtype=dtype).eval()
 
 

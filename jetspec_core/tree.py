@@ -179,11 +179,30 @@ BUILDERS = {
 
 
 def build_tree(builder: str, root: int, depth_logp: torch.Tensor, width: int, depth: int,
-               budget: int) -> Tree:
-    """Top-`width` tokens of each of the first `depth` rows of `depth_logp` (D, V) → a tree."""
+               budget: int, calibration=None) -> Tree:
+    """Top-`width` tokens of each of the first `depth` rows of `depth_logp` (D, V) → a tree.
+
+    With a `Calibration` the builder ranks nodes by calibrated scores (same order within a depth,
+    different trade-off between depths); the tree still records the head's own log-probs."""
     d = min(depth, depth_logp.shape[0])
     if budget <= 1 or d == 0:
         return _Builder(root).tree()
     k = min(width, depth_logp.shape[-1])
     lp, tok = torch.topk(depth_logp[:d].float(), k, dim=-1)  # (d, k) sorted descending
-    return BUILDERS[builder](root, lp.tolist(), tok.tolist(), budget)
+    if calibration is None:
+        return BUILDERS[builder](root, lp.tolist(), tok.tolist(), budget)
+    tree = BUILDERS[builder](root, calibration.apply(lp).cpu().tolist(), tok.tolist(), budget)
+    return with_logp(tree, lp.cpu())
+
+
+def with_logp(tree: Tree, lp: torch.Tensor) -> Tree:
+    """The tree with draft_logp / cum_logp taken from the (d, K) log-probs at each node's depth and rank."""
+    own = torch.zeros(len(tree))
+    if len(tree) > 1:
+        own[1:] = lp[tree.depth[1:] - 1, tree.rank[1:]]
+    cum = own.clone()
+    par = tree.parents.tolist()
+    for i in range(1, len(tree)):          # parents come before children
+        cum[i] += cum[par[i]]
+    tree.draft_logp, tree.cum_logp = own, cum
+    return tree

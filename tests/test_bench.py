@@ -165,17 +165,25 @@ def test_replay_equals_the_decoder_round_for_round(embedded, capsys, tmp_path):
     drafts = collect(embedded, HeadDrafter(head, embedded.model), ids, 40, "humaneval")
     assert drafts.ids[:len(ids)] == ids and drafts.logp.shape[0] == len(drafts.ids) - len(ids)
     vocab = embedded.shape.vocab_size
-    for builder, width, budget in (("accum_logp", 7, 16), ("topb", 16, 32)):
-        cfg = DecodeConfig(budget=budget, builder=builder, width=width, max_new_tokens=40)
+    # the shipped head's calibration.json ranks the nodes by default; calibrate=False uses raw log-probs
+    for builder, width, budget, calibrate in (("accum_logp", 7, 16, False), ("topb", 16, 32, False),
+                                              ("topb", 16, 32, True)):
+        cfg = DecodeConfig(budget=budget, builder=builder, width=width, max_new_tokens=40, calibrate=calibrate)
         s, recs = Decoder(embedded, HeadDrafter(head, embedded.model)).generate(ids, cfg)
         assert s.token_ids == drafts.ids[len(ids):]
-        gains = replay(drafts, builder, width, budget, vocab=vocab)
+        gains = replay(drafts, builder, width, budget, vocab=vocab, calibration=head.calibration if calibrate else None)
         assert gains == [len(r.new_tokens) for r in recs], builder
         assert sum(gains) / len(gains) > 1.5
     torch.save([vars(drafts)], tmp_path / "drafts.pt")
     rc, out, _ = run_cli(capsys, "bench", "replay", "--dataset", "humaneval", "--cache", str(tmp_path / "drafts.pt"),
                          "--budgets", "16,32", "--configs", "accum_logp:7,topb:16")
     tau16 = sum(replay(drafts, "accum_logp", 7, 16, vocab=vocab)) / len(replay(drafts, "accum_logp", 7, 16, vocab=vocab))
-    assert rc == 0 and "topb:16" in out and f"{tau16:.2f}" in out.splitlines()[2]
+    assert rc == 0 and "topb:16" in out and f"{tau16:.3f}" in out.splitlines()[2]
+    if head.calibration is not None:
+        rc, out, _ = run_cli(capsys, "bench", "replay", "--dataset", "humaneval", "--cache", str(tmp_path / "drafts.pt"),
+                             "--budgets", "32", "--configs", "topb:16:cal")
+        gains = replay(drafts, "topb", 16, 32, vocab=vocab, calibration=head.calibration)
+        assert rc == 0 and f"{sum(gains) / len(gains):.3f}" in out.splitlines()[2]
+    one_line_error(run_cli(capsys, "bench", "replay", "--configs", "topb:16:warm"), "can only be 'cal'")
     one_line_error(run_cli(capsys, "bench", "replay", "--configs", "magic:3"), "unknown builder 'magic'")
     one_line_error(run_cli(capsys, "bench", "replay", "--budgets", "1,16"), "at least 2")

@@ -30,8 +30,10 @@ class Job:
 
 
 def named_configs(base: DecodeConfig, budgets: list[int], chain: bool) -> list[tuple[str, DecodeConfig]]:
-    """One config per budget (the tree builder of `base`), plus the chain (K = 1) when asked."""
-    out = [(f"{base.builder}-b{b}", replace(base, budget=b)) for b in budgets]
+    """One config per budget (the tree builder of `base`), plus the chain (K = 1) when asked; "-raw"
+    marks runs that rank nodes by raw log-probs (`--no-calibration`)."""
+    raw = "" if base.calibrate else "-raw"
+    out = [(f"{base.builder}-b{b}{raw}", replace(base, budget=b)) for b in budgets]
     if chain:
         out.append(("chain", replace(base, builder="chain", width=1, budget=base.depth + 1)))
     names = [n for n, _ in out]

@@ -37,6 +37,7 @@ def add_accept_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=_D.width, help="candidates per depth (K)")
     p.add_argument("--depth", type=int, default=_D.depth, help="max tree depth (capped by the head)")
     p.add_argument("--builder", default=_D.builder, help=f"one of {', '.join(BUILDERS)}")
+    p.add_argument("--no-calibration", action="store_true", help="rank tree nodes by the raw draft log-probs, not the head's calibration.json")
     p.add_argument("--max-new-tokens", type=int, default=_D.max_new_tokens)
     p.add_argument("--temperature", type=float, default=_D.temperature, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=_D.top_k)
@@ -61,7 +62,7 @@ def _jobs(a: argparse.Namespace):
         check_name(name)
     base = DecodeConfig(budget=a.budget[0], width=a.width, depth=a.depth, builder=a.builder,
                         max_new_tokens=a.max_new_tokens, temperature=a.temperature, top_k=a.top_k,
-                        top_p=a.top_p, seed=a.seed)
+                        top_p=a.top_p, seed=a.seed, calibrate=not a.no_calibration)
     configs = named_configs(base, a.budget, a.chain)
     prompts = {name: spread(load_dataset(name, a.data_dir), a.limit) for name in a.dataset}
     pairs = [(name, p) for name in a.dataset for p in prompts[name]]

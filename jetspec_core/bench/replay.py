@@ -65,8 +65,9 @@ def collect(target, drafter, prompt_ids: list[int], max_new_tokens: int, dataset
 
 
 def replay(d: Drafts, builder: str, width: int, budget: int, depth: int = 15,
-           vocab: int | None = None) -> list[int]:
-    """Tokens gained per round (accepted + bonus) of greedy JetSpec with this tree configuration."""
+           vocab: int | None = None, calibration=None) -> list[int]:
+    """Tokens gained per round (accepted + bonus) of greedy JetSpec with this tree configuration
+    (nodes ranked by `calibration`'s scores when one is given)."""
     n = len(d.ids) - 1
     if vocab is None:
         vocab = int(d.tokens.max()) + 1 if d.tokens.numel() else 1
@@ -75,7 +76,7 @@ def replay(d: Drafts, builder: str, width: int, budget: int, depth: int = 15,
     while a < n:
         lp = torch.full((d.logp.shape[1], vocab), float("-inf"))
         lp.scatter_(1, d.tokens[a - d.p], d.logp[a - d.p])
-        tree = build_tree(builder, d.ids[a], lp, width, depth, budget)
+        tree = build_tree(builder, d.ids[a], lp, width, depth, budget, calibration)
         kids, toks = tree.children(), tree.tokens.tolist()
         node, k = 0, 0                                  # the greedy walk, along the target's own tokens
         while a + k < n:
@@ -89,14 +90,18 @@ def replay(d: Drafts, builder: str, width: int, budget: int, depth: int = 15,
     return gains
 
 
-def _parse_configs(text: str) -> list[tuple[str, int]]:
+def _parse_configs(text: str) -> list[tuple[str, int, bool]]:
+    """builder[:width[:cal]] items → (builder, width, calibrated)."""
     out = []
     for part in [x.strip() for x in text.split(",") if x.strip()]:
-        name, _, width = part.partition(":")
+        name, _, rest = part.partition(":")
+        width, _, cal = rest.partition(":")
         if name not in BUILDERS:
             raise JetSpecError(f"--configs: unknown builder {name!r}; use one of {', '.join(BUILDERS)}")
+        if cal not in ("", "cal"):
+            raise JetSpecError(f"--configs: {part!r}: the third part can only be 'cal' (builder:width:cal)")
         try:
-            out.append((name, int(width) if width else DecodeConfig().width))
+            out.append((name, int(width) if width else DecodeConfig().width, cal == "cal"))
         except ValueError:
             raise JetSpecError(f"--configs: width of {part!r} is not a number (use builder:width)") from None
     if not out:
@@ -115,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=8, help="prompts per dataset, spread over the file")
     p.add_argument("--max-new-tokens", type=int, default=192)
     p.add_argument("--budgets", default="16,32,64,256", help="comma list of tree budgets")
-    p.add_argument("--configs", default="accum_logp:7,topb:7,topb:16", help="comma list of builder:width")
+    p.add_argument("--configs", default="accum_logp:7,topb:7,topb:16",
+                   help="comma list of builder:width, or builder:width:cal to rank nodes by the head's calibration.json")
     p.add_argument("--cache", default=None, help="drafts file: read if it exists, else written after collecting")
     return p
 
@@ -124,12 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     from ..bench.datasets import check_name, load_dataset, spread
+    from ..calibration import Calibration
     from ..drafter import HeadDrafter
-    from ..loading import load_head
+    from ..loading import DEFAULT_HEAD, load_head
     from ..target import load_target
 
     a = build_parser().parse_args(argv)
     configs = _parse_configs(a.configs)
+    calibration = None
+    if any(c for _, _, c in configs):
+        head_dir = a.head if a.head not in (None, "", "random", "none") else DEFAULT_HEAD
+        calibration = Calibration.load(head_dir)
+        if calibration is None:
+            raise JetSpecError(f"--configs asks for ':cal' but {head_dir} has no calibration.json "
+                               "(fit one with `python -m jetspec_core train calibrate`)")
     try:
         budgets = [int(x) for x in a.budgets.split(",") if x.strip()]
     except ValueError:
@@ -158,18 +172,19 @@ def main(argv: list[str] | None = None) -> int:
         if a.cache:
             torch.save([vars(d) for d in drafts], a.cache)
     vocab = max(int(d.tokens.max()) for d in drafts if d.tokens.numel()) + 1
-    head = f"{'config':18s}" + "".join(f"{'b' + str(b):>14s}" for b in budgets)
+    head = f"{'config':18s}" + "".join(f"{'b' + str(b):>16s}" for b in budgets)
     print(f"τ by budget (greedy, offline replay; {', '.join(names)}; one column per budget, datasets split by /)")
     print(head)
-    for builder, width in configs:
+    for builder, width, cal in configs:
         cells = []
         for b in budgets:
             taus = []
             for name in names:
-                gains = [g for d in drafts if d.dataset == name for g in replay(d, builder, width, b, vocab=vocab)]
+                gains = [g for d in drafts if d.dataset == name
+                         for g in replay(d, builder, width, b, vocab=vocab, calibration=calibration if cal else None)]
                 taus.append(sum(gains) / max(1, len(gains)))
-            cells.append(" / ".join(f"{t:.2f}" for t in taus))
-        print(f"{builder + ':' + str(width):18s}" + "".join(f"{c:>14s}" for c in cells))
+            cells.append(" / ".join(f"{t:.3f}" for t in taus))
+        print(f"{builder + ':' + str(width) + (':cal' if cal else ''):18s}" + "".join(f"{c:>16s}" for c in cells))
     return 0
 
 

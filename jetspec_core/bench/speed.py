@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--builder", default=d.builder)
     p.add_argument("--width", type=int, default=d.width)
+    p.add_argument("--no-calibration", action="store_true", help="rank tree nodes by the raw draft log-probs, not the head's calibration.json")
     p.add_argument("--stop-at-eos", action="store_true", help="stop at EOS (default: always max-new-tokens)")
     p.add_argument("--hf-limit", type=int, default=2, help="prompts for the HF generate baseline (0: skip)")
     p.add_argument("--no-engine-model", action="store_true", help="skip the embedded/target runs (8B only)")
@@ -168,6 +169,7 @@ def bench_target(a, budgets: list[int]) -> dict:
         longest = max(len(p) for p in prompts)
         dec.reserve(longest + a.max_new_tokens + 2 * (max(budgets) + dec.d1) + 8)
         base = dict(max_new_tokens=a.max_new_tokens, stop_at_eos=a.stop_at_eos, builder=a.builder,
+                    calibrate=not a.no_calibration,
                     width=a.width)
         plain_cfg = DecodeConfig(mode="plain", **base)
         t1 = time.perf_counter()

@@ -165,8 +165,9 @@ def root_only(root: torch.Tensor, n_nodes: int) -> StaticTree:
 
 
 def build_static(builder: str, depth_logp: torch.Tensor, root: torch.Tensor, width: int, depth: int,
-                 budget: int, n_nodes: int) -> StaticTree:
-    """The tree of `builder` from depth_logp (D, V) fp32, root 0-d long; n_nodes ≥ budget."""
+                 budget: int, n_nodes: int, calibration=None) -> StaticTree:
+    """The tree of `builder` from depth_logp (D, V) fp32, root 0-d long; n_nodes ≥ budget. With a
+    `Calibration` the nodes are chosen by calibrated scores and the tree records the raw log-probs."""
     if builder not in BUILDERS:
         raise ValueError(f"no static builder {builder!r}")
     d = min(depth, depth_logp.shape[0])
@@ -174,12 +175,27 @@ def build_static(builder: str, depth_logp: torch.Tensor, root: torch.Tensor, wid
         return root_only(root, n_nodes)
     k = 1 if builder == "chain" else min(width, depth_logp.shape[-1])
     lp, tok = torch.topk(depth_logp[:d].float(), k, dim=-1)               # (d, K) descending
+    score = lp if calibration is None else calibration.apply(lp.clamp(min=FLOOR))
+    t = None
     if backend.tree_kernel(lp):
         from ..kernels import tree_build
 
         if tree_build.supports(builder, d, k, budget, n_nodes):
-            return tree_build.build_tree_triton(builder, lp, tok, root, budget, n_nodes)
-    return build_from_topk(builder, lp, tok, root, budget, n_nodes)
+            t = tree_build.build_tree_triton(builder, score, tok, root, budget, n_nodes)
+    if t is None:
+        t = build_from_topk(builder, score, tok, root, budget, n_nodes)
+    return t if calibration is None else with_logp(t, lp.clamp(min=FLOOR))
+
+
+def with_logp(t: StaticTree, lp: torch.Tensor) -> StaticTree:
+    """draft_logp / cum_logp of the tree's real nodes from the (d, K) log-probs at their depth and
+    rank (tensor ops; padding keeps its values)."""
+    real = t.valid & (t.depth > 0)
+    own = lp[(t.depth - 1).clamp(min=0), t.rank.clamp(min=0)]
+    own = torch.where(real, own, t.draft_logp)
+    cum = torch.where(real, (t.anc & real[None, :]).float() @ torch.where(real, own, 0.0), t.cum_logp)
+    t.draft_logp, t.cum_logp = own, cum
+    return t
 
 
 def build_from_topk(builder: str, lp: torch.Tensor, tok: torch.Tensor, root: torch.Tensor, budget: int,

@@ -1,9 +1,10 @@
-"""`python -m jetspec_core train prompts|data|fit`: the prompt set, self-distillation, training.
+"""`python -m jetspec_core train prompts|data|fit|calibrate`: the prompt set, self-distillation, training.
 
     train prompts --out prompts.jsonl                 # the offline prompt set (seeded)
     train data --prompts prompts.jsonl --out d.safetensors --max-new-tokens 320
     CUDA_VISIBLE_DEVICES=1 train data --prompts prompts.jsonl --shard 1/2 ...   # one slice per GPU
     train fit --data d.safetensors --out runs/head --layers 1 2 3 --time-limit 240
+    train calibrate --head runs/head/head --exclude prompts.jsonl        # tree-score calibration
 
 `fit` writes one published-format head per layer count (out/L1, out/L2, ...), copies the one
 with the best held-out chain acceptance to out/head, and a `train_report.json`. It checkpoints
@@ -214,3 +215,7 @@ def register(sub) -> None:
                         "a head with more --layers grows from it (extra layers start as pass-through)")
     _model_args(f)
     f.set_defaults(func=cmd_fit)
+
+    from .calibrate import register as register_calibrate
+
+    register_calibrate(ts)
