@@ -26,7 +26,8 @@ log = logging.getLogger("jetspec.app")
 
 OUTPUTS = ("out", "plain_out", "stats", "tree", "round", "tau", "hist", "heat", "expected", "timing", "speed",
            "download", "trace")
-SETTINGS = ("budget", "width", "depth", "builder", "temperature", "top_k", "top_p", "seed", "max_new_tokens")
+SETTINGS = ("budget", "width", "depth", "builder", "temperature", "top_k", "top_p", "seed", "max_new_tokens",
+            "calibrate")
 TEXT_EVERY_S = 0.1     # at most ~10 text updates a second
 FIGURES_EVERY_S = 1.0  # the plots redraw about once a second while streaming (the browser's cost), and at the end
 PLAIN_PLACEHOLDER = "side by side mode shows plain decoding of the same prompt here"
@@ -117,10 +118,11 @@ class Handlers:
     # ------------------------------------------------------------- events
     @user_errors
     def generate(self, prompt, mode, budget, width, depth, builder, temperature, top_k, top_p, seed,
-                 max_new_tokens):
+                 max_new_tokens, calibrate=True):
         """Stream a generation (JetSpec, plain, or plain then JetSpec side by side)."""
         s = self.studio
-        values = dict(zip(SETTINGS, (budget, width, depth, builder, temperature, top_k, top_p, seed, max_new_tokens)))
+        values = dict(zip(SETTINGS, (budget, width, depth, builder, temperature, top_k, top_p, seed, max_new_tokens,
+                                     calibrate)))
         cfgs = self._configs(mode, values)
         ids = s.encode(prompt)
         for c in cfgs.values():
@@ -153,11 +155,12 @@ class Handlers:
 
     @user_errors
     def sweep(self, prompt, budget, width, depth, builder, temperature, top_k, top_p, seed, max_new_tokens,
-              progress=gr.Progress()):
+              calibrate=True, progress=gr.Progress()):
         """Run the prompt at budgets 8..256 (plus a plain baseline); plot τ and tokens/s."""
         s = self.studio
         s.check_mode("jetspec")
-        values = dict(zip(SETTINGS, (budget, width, depth, builder, temperature, top_k, top_p, seed, max_new_tokens)))
+        values = dict(zip(SETTINGS, (budget, width, depth, builder, temperature, top_k, top_p, seed, max_new_tokens,
+                                     calibrate)))
         cfg0 = s.config("plain", **values)
         if s.device.type == "cpu":
             values["max_new_tokens"] = min(cfg0.max_new_tokens, CPU_SWEEP_MAX_NEW_TOKENS)
@@ -191,12 +194,13 @@ def make_api(studio: Studio) -> Callable[..., dict]:
     def generate(prompt: str, mode: str = "jetspec", budget: int = d.budget, width: int = d.width,
                  depth: int = d.depth, builder: str = d.builder, temperature: float = d.temperature,
                  top_k: int = d.top_k, top_p: float = d.top_p, seed: int = d.seed,
-                 max_new_tokens: int = d.max_new_tokens) -> dict:
+                 max_new_tokens: int = d.max_new_tokens, calibrate: bool = d.calibrate) -> dict:
         """Decode one prompt. mode: jetspec, plain or side_by_side. Returns a JSON object with text,
         token_ids, tau, expected_tau, tokens_per_s, rounds, tpf, time_split, finished, config (and,
-        side by side, plain and speedup)."""
+        side by side, plain and speedup). calibrate: rank tree nodes by the head's calibration.json
+        (when it has one) instead of raw draft log-probs — the output is the same either way."""
         return studio.generate(prompt, mode, budget=budget, width=width, depth=depth, builder=builder,
                                temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                               max_new_tokens=max_new_tokens)
+                               max_new_tokens=max_new_tokens, calibrate=calibrate)
 
     return user_errors(generate)

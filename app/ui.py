@@ -54,6 +54,11 @@ def build_ui(studio: Studio, concurrency: int = 1) -> gr.Blocks:
                     depth = gr.Slider(1, max(max_depth, 1), value=min(d.depth, max_depth), step=1, label="Depth",
                                       elem_id="depth")
                 builder = gr.Dropdown(list(BUILDERS), value=d.builder, label="Tree builder", elem_id="builder")
+                has_cal = getattr(studio.head, "calibration", None) is not None
+                calibrate = gr.Checkbox(value=d.calibrate and has_cal, interactive=has_cal, elem_id="calibrate",
+                                        label="Calibrated tree scores" + ("" if has_cal else " (this head has none)"),
+                                        info="rank nodes by the chance they are accepted (the head's calibration."
+                                             "json), not by raw draft log-probs; same output either way")
                 with gr.Accordion("Sampling and length", open=False):
                     with gr.Row():
                         temperature = gr.Slider(0, 2, value=d.temperature, step=0.05, label="Temperature (0 = greedy)")
@@ -95,7 +100,7 @@ def build_ui(studio: Studio, concurrency: int = 1) -> gr.Blocks:
         comps = dict(out=out, plain_out=plain_out, stats=stats, tree=tree, round=round_, tau=tau, hist=hist,
                      heat=heat, expected=expected, timing=timing, speed=speed, download=download, trace=trace)
         outputs = [comps[k] for k in OUTPUTS]
-        settings = [budget, width, depth, builder, temperature, top_k, top_p, seed, max_new]
+        settings = [budget, width, depth, builder, temperature, top_k, top_p, seed, max_new, calibrate]
         run_ev = gen_btn.click(h.generate, [prompt, mode, *settings], outputs, api_name="ui_generate",
                           api_visibility="private", concurrency_id=DECODER_GROUP, concurrency_limit=concurrency)
         sweep_ev = sweep.click(h.sweep, [prompt, *settings], [sweep_plot], api_name="ui_sweep",

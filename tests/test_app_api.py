@@ -48,8 +48,8 @@ def test_api_defaults_and_side_by_side(client):
     info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/generate"]
     names = [p["parameter_name"] for p in info["parameters"]]
     assert names == ["prompt", "mode", "budget", "width", "depth", "builder", "temperature", "top_k", "top_p",
-                     "seed", "max_new_tokens"]
-    assert [p["parameter_has_default"] for p in info["parameters"]] == [False] + [True] * 10
+                     "seed", "max_new_tokens", "calibrate"]
+    assert [p["parameter_has_default"] for p in info["parameters"]] == [False] + [True] * 11
     defaults = {p["parameter_name"]: p["parameter_default"] for p in info["parameters"][1:]}
     assert (defaults["budget"], defaults["builder"], defaults["max_new_tokens"]) == (16, "topb", 64)  # CPU
     out = generate(client, prompt=PROMPT, mode="side_by_side", budget=8, max_new_tokens=5)
@@ -57,6 +57,8 @@ def test_api_defaults_and_side_by_side(client):
     assert out["plain"]["tau"] == 1.0 and out["plain"]["rounds"] == 5
     assert out["speedup"] == pytest.approx(out["tokens_per_s"] / out["plain"]["tokens_per_s"])
     assert out["first_difference"] is None  # fp32 greedy: the same tokens
+    raw = generate(client, prompt=PROMPT, budget=8, max_new_tokens=5, calibrate=False)
+    assert raw["config"]["calibrate"] is False and raw["token_ids"] == out["token_ids"]
     sampled = [generate(client, prompt=PROMPT, temperature=0.9, top_p=0.9, seed=7, max_new_tokens=4)["token_ids"]
                for _ in range(2)]
     assert sampled[0] == sampled[1], "a seed reproduces a sampled answer"
@@ -102,10 +104,11 @@ BAD = [  # (keyword arguments, words the message must contain)
     (dict(prompt="hi", max_new_tokens=100_000), "max_new_tokens must be an integer from 1 to 4096"),
     (dict(prompt="hi", max_new_tokens=600), "max_new_tokens is limited to 512 on this server"),
 ]
-RAW_BAD = [  # JSON that gradio_client refuses to send (NaN, Infinity), sent by hand with all 11 values
-    ('["hi", "jetspec", NaN, 7, 15, "accum_logp", 0.0, 0, 1.0, 0, 8]', "budget must be an integer from 1 to 256, got nan"),
-    ('["hi", "jetspec", 8, 7, 15, "accum_logp", Infinity, 0, 1.0, 0, 8]', "temperature must be a number from 0 to 10"),
-    ('["hi", "jetspec", 8, 7, 15, "accum_logp", 0.5, 0, NaN, 0, 8]', "top_p must be a number in (0, 1]"),
+RAW_BAD = [  # JSON that gradio_client refuses to send (NaN, Infinity), sent by hand with all 12 values
+    ('["hi", "jetspec", NaN, 7, 15, "accum_logp", 0.0, 0, 1.0, 0, 8, true]', "budget must be an integer from 1 to 256, got nan"),
+    ('["hi", "jetspec", 8, 7, 15, "accum_logp", Infinity, 0, 1.0, 0, 8, true]', "temperature must be a number from 0 to 10"),
+    ('["hi", "jetspec", 8, 7, 15, "accum_logp", 0.5, 0, NaN, 0, 8, true]', "top_p must be a number in (0, 1]"),
+    ('["hi", "jetspec", 8, 7, 15, "accum_logp", 0.5, 0, 1.0, 0, 8, "yes"]', "calibrate must be true or false"),
 ]
 VALID_ODD = ["Describe 😀🎉 in two words.", "ما هو ٢ + ٢؟", "<script>alert('x')</script> What is HTML?",
              "<b>bold</b> &amp; <i>tags</i>", "Zero\u200bwidth and \u202eright-to-left override"]
