@@ -151,16 +151,19 @@ torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D8 --out "$W/r10" 
 # per GPU) — then a data-parallel fit over those + stage 8's data, continuing the stage-8 head, with the fused
 # Triton KL: 9,115 steps of 64 sequences x 32 anchors in 800 s (0.087 s per step), one cosine from LR 2e-4,
 # seed 9.
-P9=.jwdata/prompts40k-s1.jsonl
-python3 -m jetspec_core train prompts --count 40000 --seed 1 --out $P9
-C9="--prompts $P9 --max-new-tokens 256 --batch-size 2048 --device cuda --dtype bfloat16 --no-progress"
-for i in 0 1; do
-  h=$([ $i = 0 ] && echo a || echo b)
-  ( CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C9 --shard $i/2 --temperature 0.8 --seed 4 \
-        --time-limit 200 --out "$W/s9$h.safetensors"
-    CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C9 --shard $i/2 --kinds code_stub code_task \
-        code_explain --temperature 0.8 --seed 5 --time-limit 50 --out "$W/c9$h.safetensors" ) &
-done; wait
+fresh_answers() {  # STAGE PROMPT_SEED ANSWER_SEED CODE_SEED: $W/s<STAGE>{a,b} and $W/c<STAGE>{a,b}, one half per GPU
+  local stage=$1 P=.jwdata/prompts40k-s$2.jsonl
+  python3 -m jetspec_core train prompts --count 40000 --seed "$2" --out "$P"
+  local C="--prompts $P --max-new-tokens 256 --batch-size 2048 --device cuda --dtype bfloat16 --no-progress"
+  for i in 0 1; do
+    h=$([ $i = 0 ] && echo a || echo b)
+    ( CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C --shard $i/2 --temperature 0.8 --seed "$3" \
+          --time-limit 200 --out "$W/s$stage$h.safetensors"
+      CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C --shard $i/2 --kinds code_stub code_task \
+          code_explain --temperature 0.8 --seed "$4" --time-limit 50 --out "$W/c$stage$h.safetensors" ) &
+  done; wait
+}
+fresh_answers 9 1 4 5
 D9="$W/s9a.safetensors $W/s9b.safetensors $W/c9a.safetensors $W/c9b.safetensors $W/s8a.safetensors $W/s8b.safetensors"
 D9="$D9 $W/x8a.safetensors $W/x8b.safetensors $D6"
 torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D9 --out "$W/r11" --layers 3 --init-from "$W/r10/head" \
@@ -175,16 +178,7 @@ torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D9 --out "$W/r11" 
 # full batch of 2,048 would not have ended inside the box, so none was started) — then a
 # data-parallel fit over those + stage 9's data, continuing the stage-9 head (the fused KL is the default on
 # CUDA now): 7,375 steps of 64 sequences x 32 anchors in 797 s (0.106 s per step), seed 10. This is the shipped head.
-P10=.jwdata/prompts40k-s2.jsonl
-python3 -m jetspec_core train prompts --count 40000 --seed 2 --out $P10
-C10="--prompts $P10 --max-new-tokens 256 --batch-size 2048 --device cuda --dtype bfloat16 --no-progress"
-for i in 0 1; do
-  h=$([ $i = 0 ] && echo a || echo b)
-  ( CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C10 --shard $i/2 --temperature 0.8 --seed 6 \
-        --time-limit 200 --out "$W/s10$h.safetensors"
-    CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data $C10 --shard $i/2 --kinds code_stub code_task \
-        code_explain --temperature 0.8 --seed 7 --time-limit 50 --out "$W/c10$h.safetensors" ) &
-done; wait
+fresh_answers 10 2 6 7
 D10="$W/s10a.safetensors $W/s10b.safetensors $W/c10a.safetensors $W/c10b.safetensors $D9"
 torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D10 --out "$W/r12" --layers 3 --init-from "$W/r11/head" \
     --steps 100000 --time-limit 850 --batch-size 64 --anchors 32 --lr 2e-4 --warmup 100 --eval-every 5000 --seed 10 \
