@@ -200,9 +200,5 @@ def with_logp(tree: Tree, lp: torch.Tensor) -> Tree:
     own = torch.zeros(len(tree))
     if len(tree) > 1:
         own[1:] = lp[tree.depth[1:] - 1, tree.rank[1:]]
-    cum = own.clone()
-    par = tree.parents.tolist()
-    for i in range(1, len(tree)):          # parents come before children
-        cum[i] += cum[par[i]]
-    tree.draft_logp, tree.cum_logp = own, cum
+    tree.draft_logp, tree.cum_logp = own, tree.ancestor_mask().float() @ own
     return tree

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     configs = _parse_configs(a.configs)
     calibration = None
     if any(c for _, _, c in configs):
-        head_dir = a.head if a.head not in (None, "", "random", "none") else DEFAULT_HEAD
+        head_dir = a.head or DEFAULT_HEAD
         calibration = Calibration.load(head_dir)
         if calibration is None:
             raise JetSpecError(f"--configs asks for ':cal' but {head_dir} has no calibration.json "

@@ -216,11 +216,12 @@ class FastDecoder(Decoder):
         else:
             depth = min(cfg.depth, self.max_depth)
             self.state.tree_buffers(n)
-            if self._calibrated(cfg):
+            cal = bool(cfg.calibrate and self.head is not None and self.head.calibration is not None)
+            if cal:
                 self.head.calibration.prepare(self.state.root.device)   # before any capture
             plan = [(("draft",), self._draft) if self.head is not None else None,
-                    (("tree", n, cfg.builder, cfg.width, depth, cfg.budget, self._calibrated(cfg)),
-                     lambda: self._tree(n, cfg.builder, cfg.width, depth, cfg.budget, self._calibrated(cfg))),
+                    (("tree", n, cfg.builder, cfg.width, depth, cfg.budget, cal),
+                     lambda: self._tree(n, cfg.builder, cfg.width, depth, cfg.budget, cal)),
                     (("verify", n), lambda: self._verify(n)),
                     (("accept", n), lambda: self._accept(n, True))]
         for item in plan:  # in phase order: a step's capture reads the outputs of the one before
@@ -232,9 +233,6 @@ class FastDecoder(Decoder):
     def _draft(self) -> None:
         s = self.state
         s.d_logp = s.sh.draft(s.root, s.prefix)                        # (D, V)
-
-    def _calibrated(self, cfg: DecodeConfig) -> bool:
-        return bool(cfg.calibrate and self.head is not None and self.head.calibration is not None)
 
     def _tree(self, n: int, builder: str, width: int, depth: int, budget: int, calibrated: bool) -> None:
         s = self.state
