@@ -34,6 +34,10 @@ def add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-k", type=int, default=_D.top_k, help="0 = off")
     p.add_argument("--top-p", type=float, default=_D.top_p)
     p.add_argument("--seed", type=int, default=_D.seed)
+    add_calibration_arg(p)
+
+
+def add_calibration_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-calibration", action="store_true", help="rank tree nodes by the raw draft log-probs, not the head's calibration.json")
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..cli import add_model_args
+from ..cli import add_calibration_arg, add_model_args
 from ..config import BUILDERS, DecodeConfig
 from ..errors import JetSpecError
 from .datasets import DATASETS
@@ -37,7 +37,7 @@ def add_accept_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=_D.width, help="candidates per depth (K)")
     p.add_argument("--depth", type=int, default=_D.depth, help="max tree depth (capped by the head)")
     p.add_argument("--builder", default=_D.builder, help=f"one of {', '.join(BUILDERS)}")
-    p.add_argument("--no-calibration", action="store_true", help="rank tree nodes by the raw draft log-probs, not the head's calibration.json")
+    add_calibration_arg(p)
     p.add_argument("--max-new-tokens", type=int, default=_D.max_new_tokens)
     p.add_argument("--temperature", type=float, default=_D.temperature, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=_D.top_k)

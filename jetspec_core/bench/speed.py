@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import torch
 
+from ..cli import add_calibration_arg
 from ..config import DecodeConfig
 from ..drafter import HeadDrafter
 from ..errors import JetSpecError
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--builder", default=d.builder)
     p.add_argument("--width", type=int, default=d.width)
-    p.add_argument("--no-calibration", action="store_true", help="rank tree nodes by the raw draft log-probs, not the head's calibration.json")
+    add_calibration_arg(p)
     p.add_argument("--stop-at-eos", action="store_true", help="stop at EOS (default: always max-new-tokens)")
     p.add_argument("--hf-limit", type=int, default=2, help="prompts for the HF generate baseline (0: skip)")
     p.add_argument("--no-engine-model", action="store_true", help="skip the embedded/target runs (8B only)")

@@ -175,7 +175,9 @@ def build_static(builder: str, depth_logp: torch.Tensor, root: torch.Tensor, wid
         return root_only(root, n_nodes)
     k = 1 if builder == "chain" else min(width, depth_logp.shape[-1])
     lp, tok = torch.topk(depth_logp[:d].float(), k, dim=-1)               # (d, K) descending
-    score = lp if calibration is None else calibration.apply(lp.clamp(min=FLOOR))
+    if calibration is not None:
+        lp = lp.clamp(min=FLOOR)
+    score = lp if calibration is None else calibration.apply(lp)
     t = None
     if backend.tree_kernel(lp):
         from ..kernels import tree_build
@@ -184,7 +186,7 @@ def build_static(builder: str, depth_logp: torch.Tensor, root: torch.Tensor, wid
             t = tree_build.build_tree_triton(builder, score, tok, root, budget, n_nodes)
     if t is None:
         t = build_from_topk(builder, score, tok, root, budget, n_nodes)
-    return t if calibration is None else with_logp(t, lp.clamp(min=FLOOR))
+    return t if calibration is None else with_logp(t, lp)
 
 
 def with_logp(t: StaticTree, lp: torch.Tensor) -> StaticTree:
