@@ -207,6 +207,21 @@ def test_fused_triton_kernels_match_reference_in_the_interpreter():
         assert torch.allclose(fused.rms_norm_triton(x, w, 1e-6), rms_norm(x, w, 1e-6), atol=1e-5)
         gu = torch.randn(2, 2 * 37)
         assert torch.allclose(fused.silu_mul_triton(gu), fused.silu_mul_ref(gu), atol=1e-5)
+        # RoPE + K/V write in place: q heads, k heads (also into the cache), v heads (cache only)
+        for n_q, n_kv, d, norm in ((9, 3, 64, False), (8, 2, 128, True), (0, 1, 64, True), (3, 1, 16, False)):
+            got, ref = (fused.rope_case(torch.device("cpu"), torch.float32, n_q, n_kv, d, norm) for _ in range(2))
+            before = got[0].clone()
+            fused.rope_kv_reference(*ref)
+            fused.rope_kv_triton(*got)
+            for i in (0, 6, 7):  # qkv, k_cache, v_cache
+                exact = torch.equal(got[i], ref[i])
+                assert exact or (norm and torch.allclose(got[i], ref[i], atol=1e-5)), (n_q, n_kv, d, norm, i)
+            assert not torch.equal(got[0][:, :n_q + n_kv], before[:, :n_q + n_kv])   # rotated in place
+            assert torch.equal(got[0][:, n_q + n_kv:], before[:, n_q + n_kv:])       # v untouched
+            rows = 5 + torch.arange(7)
+            assert torch.equal(got[6][:, rows], got[0][:, n_q:n_q + n_kv].transpose(0, 1))
+            assert torch.equal(got[7][:, rows], before[:, n_q + n_kv:].transpose(0, 1))
+            assert torch.equal(got[6][:, :5], ref[6][:, :5])                          # other rows kept
         print("ok")
     """)
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -216,6 +231,28 @@ def test_fused_triton_kernels_match_reference_in_the_interpreter():
 
 
 # -- GPU ---------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_gpu_rope_kv_kernel_rounds_like_pytorch(dtype):
+    """Compiled: the fused RoPE + K/V write gives PyTorch's elementwise result bit for bit (each
+    product and the sum rounded to the dtype); with the per-head RMSNorm in front, within one
+    rounding step (its sum of squares may add up in another order)."""
+    from jetspec_core.engine import fused
+
+    dev = torch.device("cuda")
+    for n_q, n_kv, d, norm in ((9, 3, 64, False), (32, 8, 128, True), (0, 1, 64, True), (8, 2, 128, False)):
+        for n in (1, 16, 255):
+            got, ref = (fused.rope_case(dev, dtype, n_q, n_kv, d, norm, n=n, s=600) for _ in range(2))
+            fused.rope_kv_reference(*ref)
+            fused.rope_kv_triton(*got)
+            for i in (0, 6, 7):
+                if norm:
+                    assert torch.allclose(got[i].float(), ref[i].float(), atol=0.1, rtol=2e-2), (n_q, d, n, i)
+                else:
+                    assert torch.equal(got[i], ref[i]), (n_q, n_kv, d, n, i)
+    assert fused.Fused(dev, torch.bfloat16).kind == "triton"
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch", ["llama", "qwen3", "qwen2"])
 def test_gpu_graphs_equal_eager_and_plain(arch):

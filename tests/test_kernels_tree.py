@@ -116,6 +116,23 @@ def test_ties_break_shallower_first_then_lower_entry():
         assert t.rank[:5].tolist() == [-1, 0, 1, 0, 1]
 
 
+def test_kernel_writes_into_given_buffers():
+    """out=: the engine's persistent tree buffers are filled in place (every element, padding too)."""
+    from jetspec_core.engine.gpu_tree import StaticTree, tree_outputs
+
+    g = torch.Generator(device=DEV).manual_seed(5)
+    lp = torch.randn(4, 7, device=DEV, generator=g).abs().neg().sort(-1, descending=True).values
+    tok = torch.randint(0, 100, (4, 7), device=DEV, generator=g)
+    root = torch.tensor(ROOT, device=DEV)
+    bufs = tuple(b.fill_(7) for b in tree_outputs(32, DEV))
+    t = tb.build_tree_triton("accum_logp", lp, tok, root, 20, 32, out=bufs)
+    ref = tb.build_tree_triton("accum_logp", lp, tok, root, 20, 32)
+    for f in StaticTree.FIELDS:
+        assert torch.equal(getattr(t, f), getattr(ref, f)), f
+    assert t.tokens.data_ptr() == bufs[0].data_ptr() and t.cum_logp.data_ptr() == bufs[1].data_ptr() + 32 * 4
+    assert t.anc.data_ptr() == bufs[2].data_ptr() + 32
+
+
 def test_launcher_errors():
     lp, tok = torch.zeros(3, 4, device=DEV), torch.zeros(3, 4, dtype=torch.long, device=DEV)
     root = torch.tensor(ROOT, device=DEV)
@@ -139,7 +156,7 @@ def test_backend_switch(monkeypatch):
     tensor ops."""
     calls = []
     real = tb.build_tree_triton
-    monkeypatch.setattr(tb, "build_tree_triton", lambda *a: calls.append(a[0]) or real(*a))
+    monkeypatch.setattr(tb, "build_tree_triton", lambda *a, **kw: calls.append(a[0]) or real(*a, **kw))
     lp = depth_logp("random", 3, torch.Generator().manual_seed(1)).to(DEV)
     root = torch.tensor(ROOT, device=DEV)
     with backend.forced("reference"):

@@ -1,9 +1,17 @@
-"""Two small fused kernels for the engine's hot path: RMSNorm and SiLU·mul.
+"""Small fused kernels for the engine's hot path: RMSNorm, SiLU·mul and RoPE + K/V cache write.
 
 A graphed decode step of a small model is bound by the number of kernels, not by bytes: the
-plain-PyTorch RMSNorm is seven kernels and SiLU·mul two. These Triton kernels do each in one,
-with the same rounding as the reference (`jetspec_core.model.rms_norm`: fp32 statistics, cast
-to the activation dtype, then times the weight; SiLU in fp32, rounded, then times `up`).
+plain-PyTorch RMSNorm is seven kernels, SiLU·mul two, and the rotate-half RoPE of q and k plus
+the two K/V cache writes (with Qwen3's per-head q/k RMSNorm in front) nine to eleven per layer.
+These Triton kernels do each in one, with the same rounding as the reference
+(`jetspec_core.model.rms_norm`: fp32 statistics, cast to the activation dtype, then times the
+weight; SiLU in fp32, rounded, then times `up`; RoPE as `x·cos + rot(x)·sin` with each product
+and the sum rounded to the activation dtype, as PyTorch's elementwise ops do).
+
+`rope_kv` works in place on one layer's packed projection output qkv (N, Hq + 2·Hkv, D): the
+q heads and k heads are (optionally normed and) rotated where they lie, and the k and v heads
+are written to the cache rows [start, start + N); the rotary position of row i is pos[i] (a
+tree row's position is prefix + its depth, not its cache row).
 
 `Fused` picks the implementation once: Triton on CUDA when it compiles and matches the
 reference on a probe, plain PyTorch otherwise (always on CPU). `Fused(force="torch")` lets
@@ -55,6 +63,39 @@ if triton is not None:
         tl.store(Y + row * stride_y + cols, (s * u).to(Y.dtype.element_ty), mask=m)
 
 
+    @triton.jit
+    def _rope_kv_kernel(QKV, stride_row, POS, START, COS, SIN, NW, K, V, stride_kh, stride_ks, n_q, n_kv,
+                        eps, D: tl.constexpr, NORM: tl.constexpr):
+        row = tl.program_id(0)
+        head = tl.program_id(1)       # [0, n_q): q heads, [n_q, n_q + n_kv): k heads, then v heads
+        cols = tl.arange(0, D)
+        src = QKV + row.to(tl.int64) * stride_row + head * D
+        dst = (tl.load(START) + row).to(tl.int64) * stride_ks
+        if head >= n_q + n_kv:        # v: a copy into the cache
+            tl.store(V + (head - n_q - n_kv) * stride_kh + dst + cols, tl.load(src + cols))
+        else:
+            dt = QKV.dtype.element_ty
+            half: tl.constexpr = D // 2
+            partner = (cols + half) % D                  # rotate-half: rot(x)[j] = ±x[partner[j]]
+            x = tl.load(src + cols).to(tl.float32)
+            xp = tl.load(src + partner).to(tl.float32)
+            if NORM:                                     # per-head RMSNorm (q_norm / k_norm)
+                wo = (head >= n_q).to(tl.int32) * D
+                inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
+                w = tl.load(NW + wo + cols).to(tl.float32)
+                wp = tl.load(NW + wo + partner).to(tl.float32)
+                x = ((x * inv).to(dt).to(tl.float32) * w).to(dt).to(tl.float32)
+                xp = ((xp * inv).to(dt).to(tl.float32) * wp).to(dt).to(tl.float32)
+            xp = tl.where(cols < half, -xp, xp)
+            pos = tl.load(POS + row).to(tl.int64) * D
+            c = tl.load(COS + pos + cols).to(tl.float32)
+            s = tl.load(SIN + pos + cols).to(tl.float32)
+            y = ((x * c).to(dt).to(tl.float32) + (xp * s).to(dt).to(tl.float32)).to(dt)
+            tl.store(src + cols, y)
+            if head >= n_q:
+                tl.store(K + (head - n_q) * stride_kh + dst + cols, y)
+
+
 def rms_norm_triton(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     """x (R, H) with unit stride in H; w (H,) → (R, H) in the reference's result dtype."""
     assert x.dim() == 2 and x.stride(-1) == 1 and w.is_contiguous() and w.shape[0] == x.shape[1]
@@ -77,8 +118,47 @@ def silu_mul_triton(gu: torch.Tensor) -> torch.Tensor:
     return y
 
 
+def rope_kv_reference(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: torch.Tensor, cos: torch.Tensor,
+                      sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      norm_w: torch.Tensor | None, eps: float, rms=rms_norm_ref) -> None:
+    """Plain PyTorch `rope_kv`: qkv (N, Hq+2Hkv, D) in place; cos/sin (S, D) tables; pos (N,) rotary
+    positions; rows [start, start + N) of k_cache / v_cache (Hkv, S, D) get the k and v heads;
+    norm_w (2·D,) = [q_norm | k_norm] or None."""
+    n, h, d = qkv.shape
+    n_kv = (h - n_q) // 2
+    qk = qkv[:, :n_q + n_kv]
+    if norm_w is not None:
+        k = rms(qk[:, n_q:], norm_w[d:], eps)
+        qk = torch.cat([rms(qk[:, :n_q], norm_w[:d], eps), k], dim=1) if n_q else k
+    c, s = cos[pos][:, None], sin[pos][:, None]
+    rot = torch.cat([-qk[..., d // 2:], qk[..., :d // 2]], dim=-1)
+    qkv[:, :n_q + n_kv] = qk * c + rot * s
+    rows = start.reshape(()) + torch.arange(n, device=qkv.device)
+    k_cache.index_copy_(1, rows, qkv[:, n_q:n_q + n_kv].transpose(0, 1))
+    v_cache.index_copy_(1, rows, qkv[:, n_q + n_kv:].transpose(0, 1))
+
+
+def rope_kv_triton(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: torch.Tensor, cos: torch.Tensor,
+                   sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   norm_w: torch.Tensor | None, eps: float) -> None:
+    """One launch of `_rope_kv_kernel` (arguments as `rope_kv_reference`)."""
+    n, h, d = qkv.shape
+    n_kv = (h - n_q) // 2
+    assert h == n_q + 2 * n_kv and d & (d - 1) == 0 and qkv.stride(2) == 1 and qkv.stride(1) == d
+    assert cos.is_contiguous() and sin.is_contiguous() and cos.shape[1] == d and pos.shape == (n,)
+    assert k_cache.shape == v_cache.shape and k_cache.shape[0] == n_kv and k_cache.shape[2] == d
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(2) == 1 and start.numel() == 1
+    assert norm_w is None or (norm_w.is_contiguous() and norm_w.numel() == 2 * d)
+    if n == 0:
+        return
+    _rope_kv_kernel[(n, h)](qkv, qkv.stride(0), pos, start, cos, sin, norm_w if norm_w is not None else cos,
+                            k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), n_q, n_kv, eps,
+                            D=d, NORM=norm_w is not None, num_warps=1 if d <= 128 else 2,
+                            enable_fp_fusion=False)
+
+
 class Fused:
-    """The RMSNorm / SiLU·mul pair the engine calls; Triton where it works, PyTorch elsewhere."""
+    """The RMSNorm / SiLU·mul / RoPE + K/V write the engine calls; Triton where it works, PyTorch elsewhere."""
 
     def __init__(self, device: torch.device, dtype: torch.dtype, force: str | None = None):
         self.kind = "torch"
@@ -104,6 +184,13 @@ class Fused:
             gu = torch.randn(5, 2 * h, device=device, generator=g).to(dtype)
             if not torch.allclose(silu_mul_ref(gu).float(), silu_mul_triton(gu).float(), atol=tol, rtol=tol):
                 raise RuntimeError(f"silu_mul probe mismatch at I={h}")
+        for n_q, n_kv, d, norm in ((9, 3, 64, False), (8, 2, 128, True), (0, 1, 64, True)):
+            got, ref = (rope_case(device, dtype, n_q, n_kv, d, norm) for _ in range(2))
+            rope_kv_reference(*ref)
+            rope_kv_triton(*got)
+            for i in (0, 6, 7):  # qkv, k_cache, v_cache
+                if not torch.allclose(got[i].float(), ref[i].float(), atol=tol, rtol=tol):
+                    raise RuntimeError(f"rope_kv probe mismatch at Hq={n_q} Hkv={n_kv} D={d} norm={norm}")
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         """x (..., H): RMSNorm over the last dim."""
@@ -113,7 +200,27 @@ class Fused:
             return rms_norm_triton(x2, w, eps).view(*shape[:-1], shape[-1])
         return rms_norm_ref(x, w, eps)
 
+    def rope_kv(self, qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: torch.Tensor, cos: torch.Tensor,
+                sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, norm_w: torch.Tensor | None,
+                eps: float) -> None:
+        """In place on qkv (N, Hq+2Hkv, D): (q/k RMSNorm,) RoPE of q and k at positions pos, k and v
+        written to cache rows [start, start + N) (see `rope_kv_reference`)."""
+        if self.kind == "triton":
+            return rope_kv_triton(qkv, n_q, pos, start, cos, sin, k_cache, v_cache, norm_w, eps)
+        return rope_kv_reference(qkv, n_q, pos, start, cos, sin, k_cache, v_cache, norm_w, eps, rms=self.rms_norm)
+
     def silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
         if self.kind == "triton":
             return silu_mul_triton(gu.contiguous())
         return silu_mul_ref(gu)
+
+
+def rope_case(device, dtype, n_q: int, n_kv: int, d: int, norm: bool, n: int = 7, s: int = 40, seed: int = 0):
+    """Random arguments of `rope_kv` (the same for the same seed), for the probe and the tests."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, device=device, generator=g).to(dtype)  # noqa: E731
+    cos, sin = r(s, d), r(s, d)
+    pos = torch.randint(0, s, (n,), device=device, generator=g)
+    start = torch.full((1,), 5, dtype=torch.long, device=device)
+    return (r(n, n_q + 2 * n_kv, d), n_q, pos, start, cos, sin, r(n_kv, s, d), r(n_kv, s, d),
+            r(2 * d) if norm else None, 1e-6)

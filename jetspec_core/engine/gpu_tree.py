@@ -57,6 +57,23 @@ class StaticTree:
     FIELDS = ("tokens", "parents", "depth", "rank", "draft_logp", "cum_logp", "valid", "n_valid", "anc")
 
 
+def tree_outputs(n: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The tree kernel's (`kernels/tree_build.py`) three output buffers for n nodes: ints (4n+1)
+    int64 = tokens, parents, depth, rank, n_valid; floats (2n) float32 = draft_logp, cum_logp;
+    flags (n + n²) uint8 = valid, anc."""
+    return (torch.empty(4 * n + 1, dtype=torch.int64, device=device),
+            torch.empty(2 * n, dtype=torch.float32, device=device),
+            torch.empty(n + n * n, dtype=torch.uint8, device=device))
+
+
+def tree_views(ints: torch.Tensor, floats: torch.Tensor, flags: torch.Tensor, n: int) -> StaticTree:
+    """The StaticTree fields as views of `tree_outputs` buffers."""
+    flags = flags.view(torch.bool)
+    return StaticTree(tokens=ints[:n], parents=ints[n:2 * n], depth=ints[2 * n:3 * n], rank=ints[3 * n:4 * n],
+                      draft_logp=floats[:n], cum_logp=floats[n:], valid=flags[:n], n_valid=ints[4 * n],
+                      anc=flags[n:].view(n, n))
+
+
 _CONSTS: dict = {}
 
 
@@ -165,9 +182,11 @@ def root_only(root: torch.Tensor, n_nodes: int) -> StaticTree:
 
 
 def build_static(builder: str, depth_logp: torch.Tensor, root: torch.Tensor, width: int, depth: int,
-                 budget: int, n_nodes: int, calibration=None) -> StaticTree:
+                 budget: int, n_nodes: int, calibration=None, out: tuple | None = None) -> StaticTree:
     """The tree of `builder` from depth_logp (D, V) fp32, root 0-d long; n_nodes ≥ budget. With a
-    `Calibration` the nodes are chosen by calibrated scores and the tree records the raw log-probs."""
+    `Calibration` the nodes are chosen by calibrated scores and the tree records the raw log-probs.
+    out: `kernels.tree_build.tree_outputs` buffers the Triton kernel writes into when it runs (the
+    returned fields are then views of them; other paths return new tensors)."""
     if builder not in BUILDERS:
         raise ValueError(f"no static builder {builder!r}")
     d = min(depth, depth_logp.shape[0])
@@ -183,7 +202,7 @@ def build_static(builder: str, depth_logp: torch.Tensor, root: torch.Tensor, wid
         from ..kernels import tree_build
 
         if tree_build.supports(builder, d, k, budget, n_nodes):
-            t = tree_build.build_tree_triton(builder, score, tok, root, budget, n_nodes)
+            t = tree_build.build_tree_triton(builder, score, tok, root, budget, n_nodes, out=out)
     if t is None:
         t = build_from_topk(builder, score, tok, root, budget, n_nodes)
     return t if calibration is None else with_logp(t, lp)

@@ -30,7 +30,7 @@ from ..drafter import Drafter, HeadDrafter
 from ..errors import JetSpecError
 from ..target import Target
 from .fused import Fused
-from .gpu_tree import StaticTree, build_static
+from .gpu_tree import StaticTree, build_static, tree_outputs, tree_views
 from .graphs import Clock, Step
 from .static_model import Attention, StaticHead, StaticTarget, pick_tree_attention, spans_devices
 
@@ -66,24 +66,22 @@ class _State:
         self.capacity = capacity
         self.st = StaticTarget(t.model, capacity, dec.taps, dec.fused, Attention(dec.kernel),
                                per_layer=dec.per_layer, batch_invariant=dec.batch_invariant)
-        self.sh = StaticHead(dec.head, self.st) if dec.head is not None else None
+        self.sh = StaticHead(dec.head, self.st, dec.head_kernel) if dec.head is not None else None
         dev = t.device
         self.prefix = torch.zeros((), dtype=torch.long, device=dev)
         self.root = torch.zeros((), dtype=torch.long, device=dev)
         self.d_logp = torch.zeros(max(dec.max_depth, 1), t.shape.vocab_size, device=dev)
         self.trees: dict[int, StaticTree] = {}
+        self.packed: dict[int, tuple] = {}   # n -> the tree kernel's output buffers behind trees[n]
         self.vout: dict[int, tuple] = {}
         self.stage: dict[int, tuple] = {}
         self.steps: dict[tuple, Step] = {}
 
     def tree_buffers(self, n: int) -> StaticTree:
         if n not in self.trees:
-            dev = self.prefix.device
-            z = lambda dt: torch.zeros(n, dtype=dt, device=dev)  # noqa: E731
-            tb = StaticTree(tokens=z(torch.long), parents=z(torch.long), depth=z(torch.long),
-                            rank=z(torch.long), draft_logp=z(torch.float32), cum_logp=z(torch.float32),
-                            valid=z(torch.bool), n_valid=torch.zeros((), dtype=torch.long, device=dev),
-                            anc=torch.zeros(n, n, dtype=torch.bool, device=dev))
+            # laid out as the tree kernel's outputs, so that it writes the round's tree in place
+            self.packed[n] = tuple(b.zero_() for b in tree_outputs(n, self.prefix.device))
+            tb = tree_views(*self.packed[n], n)
             if n == 1:  # the plain step's tree: the root alone
                 tb.parents.fill_(-1)
                 tb.rank.fill_(-1)
@@ -133,10 +131,14 @@ class FastDecoder(Decoder):
             raise JetSpecError(f"batch-invariant mode cannot apply: {why}")
         if why:                                          # auto: off where it cannot apply, and said why
             self.bi_note, self.batch_invariant = f"off: {why}", False
+        force = "sdpa" if attention == "sdpa" else None
         if self.batch_invariant:
             self.kernel, self.attention_note = None, "batch-invariant (position-ordered Triton kernel)"
         else:
-            self.kernel, self.attention_note = pick_tree_attention(dev, force="sdpa" if attention == "sdpa" else None)
+            self.kernel, self.attention_note = pick_tree_attention(dev, force=force)
+        # the draft head only proposes: it takes the tree-attention kernel in either mode
+        self.head_kernel = (self.kernel if not self.batch_invariant or self.head is None
+                            else pick_tree_attention(dev, force=force)[0])
         self.min_capacity = capacity
         self.per_layer = per_layer            # per-layer caches (forced: tests of the device_map path)
         self.capture_error: str | None = None
@@ -237,10 +239,12 @@ class FastDecoder(Decoder):
     def _tree(self, n: int, builder: str, width: int, depth: int, budget: int, calibrated: bool) -> None:
         s = self.state
         t = build_static(builder, s.d_logp, s.root, width, depth, budget, n,
-                         self.head.calibration if calibrated else None)
+                         self.head.calibration if calibrated else None, out=s.packed[n])
         buf = s.trees[n]
-        for f in StaticTree.FIELDS:
-            getattr(buf, f).copy_(getattr(t, f))
+        for f in StaticTree.FIELDS:  # the fields the kernel did not write in place
+            dst, src = getattr(buf, f), getattr(t, f)
+            if src.data_ptr() != dst.data_ptr():
+                dst.copy_(src)
 
     def _verify(self, n: int) -> None:
         s = self.state
@@ -271,7 +275,7 @@ class FastDecoder(Decoder):
         lse = torch.logsumexp(logits, dim=-1)
         tprob = torch.where(ar == 0, 1.0, torch.exp(logits[par0, tb.tokens] - lse[par0]))
         if speculative:
-            s.st.move_rows(s.prefix + path, s.prefix + s.st.ar[:self.d1])
+            s.st.move_rows(s.prefix + path, s.prefix, plen)
             if s.sh is not None:
                 s.sh.append(hidden[path], s.prefix)
         new_prefix = s.prefix + plen

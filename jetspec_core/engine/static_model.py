@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .. import backend
 from ..errors import JetSpecError
 from ..head import DraftHead
 from ..model import TargetModel
@@ -75,13 +76,6 @@ def rope_table(n_pos: int, head_dim: int, theta: float, device, dtype) -> tuple[
     ang = torch.arange(n_pos, device=device).float()[:, None] * inv
     emb = torch.cat([ang, ang], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
-
-
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (N, H, D), cos/sin (N, D): rotate-half RoPE (same arithmetic as `model.apply_rope`)."""
-    half = x.shape[-1] // 2
-    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return x * cos[:, None] + rot * sin[:, None]
 
 
 def visible(prefix: torch.Tensor, anc: torch.Tensor, ar: torch.Tensor) -> torch.Tensor:
@@ -137,9 +131,11 @@ class Attention:
     def __init__(self, kernel=None):
         self.kernel = kernel
 
-    def prepare(self, prefix: torch.Tensor, anc: torch.Tensor, ar: torch.Tensor, rep: int, dtype):
+    def prepare(self, prefix: torch.Tensor, anc: torch.Tensor, ar: torch.Tensor, rep: int, dtype,
+                bits: torch.Tensor | None = None):
+        """bits: anc already bit-packed by the kernel's packer (a mask that never changes)."""
         if self.kernel is not None:
-            return ("kernel", prefix.to(torch.int32).reshape(1), self.kernel[1](anc))
+            return ("kernel", prefix.to(torch.int32).reshape(1), self.kernel[1](anc) if bits is None else bits)
         vis = visible(prefix, anc, ar)                                     # (N, S)
         bias = torch.zeros(vis.shape, device=vis.device, dtype=dtype).masked_fill_(~vis, float("-inf"))
         return ("sdpa", bias.repeat(rep, 1), None)                         # (rep·N, S)
@@ -206,8 +202,7 @@ class _Layer:
     o: torch.Tensor
     gu: torch.Tensor
     down: torch.Tensor
-    q_norm: torch.Tensor | None
-    k_norm: torch.Tensor | None
+    qk_norm: torch.Tensor | None  # (2·D,) = [q_norm | k_norm] (Qwen3, the draft head) or None
 
 
 class StaticTarget:
@@ -243,8 +238,8 @@ class StaticTarget:
                 ln1=w["input_layernorm_weight"].data, ln2=w["post_attention_layernorm_weight"].data,
                 qkv=qkv, qkv_b=b, o=row_major(w["self_attn_o_proj_weight"]), gu=gu,
                 down=row_major(w["mlp_down_proj_weight"]),
-                q_norm=w["self_attn_q_norm_weight"].data if model.qk_norm else None,
-                k_norm=w["self_attn_k_norm_weight"].data if model.qk_norm else None))
+                qk_norm=fuse_rows([w["self_attn_q_norm_weight"], w["self_attn_k_norm_weight"]])
+                if model.qk_norm else None))
         size = (s.num_kv_heads, capacity, s.head_dim)
         if self.per_layer:
             self.k = [torch.zeros(size, device=d, dtype=dt) for d in self.layer_dev]
@@ -256,14 +251,16 @@ class StaticTarget:
         self.cos, self.sin = rope_table(capacity, s.head_dim, s.rope_theta, dev, dt)
         self.fp32_logits = batch_invariant or _mm_fp32_works(model.lm_head)
 
-    def move_rows(self, src: torch.Tensor, dst: torch.Tensor) -> None:
-        """Copy cache rows src → dst in every layer (the commit of accepted tree rows)."""
-        if not self.per_layer:
-            for cache in (self.k, self.v):
-                cache.index_copy_(2, dst, cache.index_select(2, src))
+    def move_rows(self, src: torch.Tensor, start: torch.Tensor, count: torch.Tensor) -> None:
+        """Copy cache rows src[:count] → [start, start + count) in every layer (the commit of the
+        accepted tree rows: src increasing, src[i] ≥ start + i). start, count: 0-d device tensors."""
+        if not self.per_layer:  # one launch for every layer and head (kernels/kv_compact.py)
+            backend.kv_compact(self.k, self.v, src, start, count)
             return
-        for k, v in zip(self.k, self.v):
-            s_, d_ = src.to(k.device), dst.to(k.device)
+        dst = start + torch.arange(src.shape[0], device=src.device)
+        for k, v in zip(self.k, self.v):  # rows past count copy onto themselves
+            s_ = torch.where(dst < start + count, src, dst).to(k.device)
+            d_ = dst.to(k.device)
             k.index_copy_(1, d_, k.index_select(1, s_))
             v.index_copy_(1, d_, v.index_select(1, s_))
 
@@ -302,10 +299,9 @@ class StaticTarget:
         hq, hkv, d = s.num_heads, s.num_kv_heads, s.head_dim
         pos = prefix + depth
 
-        def per_device(dev):  # rows, rope, attention inputs (once per device of the layers)
+        def per_device(dev):  # rope and attention inputs (once per device of the layers)
             pre, an, ar = prefix.to(dev), anc.to(dev), self.ar.to(dev)
-            p = pos.to(dev)
-            return (pre + ar[:n], self.cos.to(dev)[p], self.sin.to(dev)[p],
+            return (pos.to(dev), pre.reshape(1), self.cos.to(dev), self.sin.to(dev),
                     attn.prepare(pre, an, ar, hq // hkv, self.dtype))
 
         consts = {self.device: per_device(self.device)}
@@ -316,17 +312,12 @@ class StaticTarget:
                 x = x.to(self.layer_dev[li])
                 if x.device not in consts:
                     consts[x.device] = per_device(x.device)
-            rows, cos, sin, prep = consts[x.device]                    # (N,), (N, D), (N, D)
+            p, start, cos, sin, prep = consts[x.device]                # (N,), (1,), (S, D), (S, D)
             h = f.rms_norm(x, w.ln1, s.rms_norm_eps)
             qkv = self.linear(h, w.qkv, w.qkv_b).view(n, hq + 2 * hkv, d)  # (N, Hq+2Hkv, D)
-            qk, v = qkv[:, :hq + hkv], qkv[:, hq + hkv:]
-            if w.q_norm is not None:
-                qk = torch.cat([f.rms_norm(qk[:, :hq], w.q_norm, s.rms_norm_eps),
-                                f.rms_norm(qk[:, hq:], w.k_norm, s.rms_norm_eps)], dim=1)
-            qk = rope(qk, cos, sin)                                      # (N, Hq+Hkv, D)
-            self.k[li].index_copy_(1, rows, qk[:, hq:].transpose(0, 1))
-            self.v[li].index_copy_(1, rows, v.transpose(0, 1))
-            o = attn(prep, qk[:, :hq], self.k[li], self.v[li])  # (N, Hq·D)
+            # q, k normed (Qwen3) and rotated in place; k, v written to rows [prefix, prefix + N)
+            f.rope_kv(qkv, hq, p, start, cos, sin, self.k[li], self.v[li], w.qk_norm, s.rms_norm_eps)
+            o = attn(prep, qkv[:, :hq], self.k[li], self.v[li])  # (N, Hq·D)
             x = self.linear(o, w.o, residual=x)
             h = f.rms_norm(x, w.ln2, s.rms_norm_eps)
             x = self.linear(f.silu_mul(self.linear(h, w.gu)), w.down, residual=x)
@@ -340,9 +331,12 @@ class StaticTarget:
 
 
 class StaticHead:
-    """The draft head with cached context K/V; block slots are scratch rows past the context."""
+    """The draft head with cached context K/V; block slots are scratch rows past the context.
 
-    def __init__(self, head: DraftHead, target: StaticTarget):
+    kernel: the tree-attention kernel pair of `pick_tree_attention` for the head's attention (its
+    block is a chain: a causal tree over the context), or None for dense-mask SDPA."""
+
+    def __init__(self, head: DraftHead, target: StaticTarget, kernel=None):
         c = head.config
         if target.shape.hidden_size != c.hidden_size:
             raise JetSpecError("draft head hidden size does not match the target")
@@ -351,7 +345,7 @@ class StaticHead:
         dev = head.fc.weight.device
         self.dtype = head.fc.weight.dtype
         self.fused = target.fused if self.dtype == target.dtype else Fused(dev, self.dtype, force="torch")
-        self.attention = Attention()  # small block: dense-mask SDPA
+        self.attention = Attention(kernel)
         cap = target.capacity + c.block_size
         self.layers = []
         for lay in head.layers:
@@ -359,14 +353,15 @@ class StaticHead:
             gu = fuse_rows([lay.gate_proj.weight, lay.up_proj.weight])
             self.layers.append(_Layer(ln1=lay.input_layernorm.data, ln2=lay.post_attention_layernorm.data,
                                       qkv=qkv, qkv_b=None, o=row_major(lay.o_proj.weight), gu=gu,
-                                      down=row_major(lay.down_proj.weight), q_norm=lay.q_norm.data,
-                                      k_norm=lay.k_norm.data))
+                                      down=row_major(lay.down_proj.weight),
+                                      qk_norm=fuse_rows([lay.q_norm, lay.k_norm])))
         size = (c.num_hidden_layers, c.num_key_value_heads, cap, c.head_dim)
         self.k = torch.zeros(size, device=dev, dtype=self.dtype)
         self.v = torch.zeros(size, device=dev, dtype=self.dtype)
         self.ar = torch.arange(cap, device=dev)
         self.cos, self.sin = rope_table(cap, c.head_dim, c.rope_theta, dev, self.dtype)
         self.tril = torch.ones(self.block, self.block, dtype=torch.bool, device=dev).tril()
+        self.tril_bits = kernel[1](self.tril) if kernel is not None else None
         self.slot = torch.arange(self.block, device=dev)
 
     def append(self, hidden: torch.Tensor, prefix: torch.Tensor) -> None:
@@ -375,14 +370,11 @@ class StaticHead:
         r = hidden.shape[0]
         feats = f.rms_norm(F.linear(hidden.to(self.dtype), self.head.fc.weight), self.head.hidden_norm.data,
                            c.rms_norm_eps)                                 # (R, H)
-        rows = prefix + self.ar[:r]
-        cos, sin = self.cos[rows], self.sin[rows]
+        pos, start = prefix + self.ar[:r], prefix.reshape(1)
         hq, hkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         for li, w in enumerate(self.layers):
             kv = F.linear(feats, w.qkv[hq * d:]).view(r, 2 * hkv, d)
-            k = rope(f.rms_norm(kv[:, :hkv], w.k_norm, c.rms_norm_eps), cos, sin)
-            self.k[li].index_copy_(1, rows, k.transpose(0, 1))
-            self.v[li].index_copy_(1, rows, kv[:, hkv:].transpose(0, 1))
+            f.rope_kv(kv, 0, pos, start, self.cos, self.sin, self.k[li], self.v[li], w.qk_norm, c.rms_norm_eps)
 
     def draft(self, root: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """One head forward over [root, MASK × (B−1)] at positions prefix + slot, seeing the
@@ -390,18 +382,14 @@ class StaticHead:
         c, f, t = self.c, self.fused, self.target
         ids = torch.where(self.slot == 0, root, c.mask_token_id)
         x = F.embedding(ids, t.model.embed).to(self.dtype)                 # (B, H)
-        rows = prefix + self.slot
-        cos, sin = self.cos[rows], self.sin[rows]
+        pos, start = prefix + self.slot, prefix.reshape(1)
         hq, hkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        prep = self.attention.prepare(prefix, self.tril, self.ar, hq // hkv, self.dtype)
+        prep = self.attention.prepare(prefix, self.tril, self.ar, hq // hkv, self.dtype, bits=self.tril_bits)
         for li, w in enumerate(self.layers):
             h = f.rms_norm(x, w.ln1, c.rms_norm_eps)
             qkv = F.linear(h, w.qkv).view(self.block, hq + 2 * hkv, d)
-            q = rope(f.rms_norm(qkv[:, :hq], w.q_norm, c.rms_norm_eps), cos, sin)
-            k = rope(f.rms_norm(qkv[:, hq:hq + hkv], w.k_norm, c.rms_norm_eps), cos, sin)
-            self.k[li].index_copy_(1, rows, k.transpose(0, 1))
-            self.v[li].index_copy_(1, rows, qkv[:, hq + hkv:].transpose(0, 1))
-            x = torch.addmm(x, self.attention(prep, q, self.k[li], self.v[li]), w.o.t())
+            f.rope_kv(qkv, hq, pos, start, self.cos, self.sin, self.k[li], self.v[li], w.qk_norm, c.rms_norm_eps)
+            x = torch.addmm(x, self.attention(prep, qkv[:, :hq], self.k[li], self.v[li]), w.o.t())
             h = f.rms_norm(x, w.ln2, c.rms_norm_eps)
             x = torch.addmm(x, f.silu_mul(F.linear(h, w.gu)), w.down.t())
         out = f.rms_norm(x, self.head.norm.data, c.rms_norm_eps)[1:]     # (B−1, H)

@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..engine.gpu_tree import BUILDERS, FLOOR, StaticTree, _sizes
+from ..engine.gpu_tree import BUILDERS, FLOOR, StaticTree, _sizes, tree_outputs, tree_views
 from ..tree import TOP2GAP_NATS
 
 MAX_SORT = 8192  # widest tl.sort (int64 keys) one program does; larger trees use the tensor ops
@@ -275,22 +275,20 @@ def _check(builder, lp, tok, root, budget, n_nodes) -> None:
 
 
 def build_tree_triton(builder: str, lp: torch.Tensor, tok: torch.Tensor, root: torch.Tensor, budget: int,
-                      n_nodes: int) -> StaticTree:
+                      n_nodes: int, out: tuple | None = None) -> StaticTree:
     """One-launch `build_from_topk`: lp (d, K) float32 per-depth top-K log-probs (descending),
-    tok (d, K) int64 their tokens, root 0-d int64 → the StaticTree of n_nodes rows."""
+    tok (d, K) int64 their tokens, root 0-d int64 → the StaticTree of n_nodes rows, written into
+    `out` (`tree_outputs(n_nodes)` buffers, e.g. the engine's persistent tree) when given."""
     _check(builder, lp, tok, root, budget, n_nodes)
     p = _plan(builder, lp.shape[0], lp.shape[1], budget, n_nodes)
     dev = lp.device
     n = n_nodes
-    ints = torch.empty(4 * n + 1, dtype=torch.int64, device=dev)      # tokens, parents, depth, rank, n_valid
-    floats = torch.empty(2 * n, dtype=torch.float32, device=dev)      # draft_logp, cum_logp
-    flags = torch.empty(n + n * n, dtype=torch.uint8, device=dev)     # valid, anc
+    ints, floats, flags = out if out is not None else tree_outputs(n, dev)
+    assert ints.numel() == 4 * n + 1 and floats.numel() == 2 * n and flags.numel() == n + n * n
+    assert ints.device == floats.device == flags.device == dev and flags.dtype == torch.uint8
     cum = torch.empty(p["ENTRIES"], dtype=torch.float32, device=dev)
     idx = torch.empty(7 * p["ENTRIES"], dtype=torch.int32, device=dev)
     keys = torch.empty(p["CB"], dtype=torch.int64, device=dev)
     _tree_kernel[(1,)](lp, tok, root, ints, floats, flags, cum, idx, keys, **p,
                        FLOOR_=FLOOR, GAP=TOP2GAP_NATS, num_warps=4 if p["GB"] <= 1024 else 8)
-    flags = flags.view(torch.bool)
-    return StaticTree(tokens=ints[:n], parents=ints[n:2 * n], depth=ints[2 * n:3 * n], rank=ints[3 * n:4 * n],
-                      draft_logp=floats[:n], cum_logp=floats[n:], valid=flags[:n], n_valid=ints[4 * n],
-                      anc=flags[n:].view(n, n))
+    return tree_views(ints, floats, flags, n)
