@@ -354,3 +354,13 @@ def test_startup_faults_exit_2_with_a_message(bad_heads, tmp_path):
         line = [ln for ln in err.splitlines() if ln.startswith("error:")]
         assert len(line) == 1 and all(w in line[0] for w in words), (args, err[-500:])
         assert "Traceback" not in err and "Running on" not in out
+
+
+def test_ui_defaults_per_device():
+    """The measured defaults: CPU budget 16 with the head's calibrated scores; GPU budget 64, K = 16,
+    raw scores (on the H200 the calibrated tree step cost more than its τ gained)."""
+    from app.session import ui_defaults
+
+    cpu, gpu = ui_defaults("cpu"), ui_defaults("cuda")
+    assert (cpu.budget, cpu.builder, cpu.calibrate) == (16, "topb", True)
+    assert (gpu.budget, gpu.builder, gpu.width, gpu.calibrate) == (64, "topb", 16, False)

@@ -222,6 +222,16 @@ def test_fused_triton_kernels_match_reference_in_the_interpreter():
             assert torch.equal(got[6][:, rows], got[0][:, n_q:n_q + n_kv].transpose(0, 1))
             assert torch.equal(got[7][:, rows], before[:, n_q + n_kv:].transpose(0, 1))
             assert torch.equal(got[6][:, :5], ref[6][:, :5])                          # other rows kept
+        # argmax + log-sum-exp in one pass: several blocks, a tie across blocks (the first wins),
+        # a tie inside a block, a row shorter than a block
+        x = torch.randn(4, 9000)
+        x[0, 100] = x[0, 8500] = 50.0
+        x[1, 4097] = x[1, 4099] = 60.0
+        for rows in (x, x[:, :300].contiguous()):
+            a, l = fused.row_stats_triton(rows)
+            ra, rl = fused.row_stats_reference(rows)
+            assert torch.equal(a, ra) and torch.allclose(l, rl, atol=1e-5, rtol=1e-6), (a, ra, l, rl)
+        assert fused.row_stats_triton(x)[0][:2].tolist() == [100, 4097]
         print("ok")
     """)
     env = dict(os.environ, TRITON_INTERPRET="1")
@@ -236,7 +246,8 @@ def test_fused_triton_kernels_match_reference_in_the_interpreter():
 def test_gpu_rope_kv_kernel_rounds_like_pytorch(dtype):
     """Compiled: the fused RoPE + K/V write gives PyTorch's elementwise result bit for bit (each
     product and the sum rounded to the dtype); with the per-head RMSNorm in front, within one
-    rounding step (its sum of squares may add up in another order)."""
+    rounding step (its sum of squares may add up in another order). The logits' row stats
+    (argmax, log-sum-exp) at a Qwen3 vocabulary equal PyTorch's."""
     from jetspec_core.engine import fused
 
     dev = torch.device("cuda")
@@ -250,6 +261,11 @@ def test_gpu_rope_kv_kernel_rounds_like_pytorch(dtype):
                     assert torch.allclose(got[i].float(), ref[i].float(), atol=0.1, rtol=2e-2), (n_q, d, n, i)
                 else:
                     assert torch.equal(got[i], ref[i]), (n_q, n_kv, d, n, i)
+    x = torch.randn(256, 151_936, device=dev)
+    x[3, 5] = x[3, 150_000] = 1e3
+    a, l = fused.row_stats_triton(x)
+    ra, rl = fused.row_stats_reference(x)
+    assert torch.equal(a, ra) and a[3].item() == 5 and torch.allclose(l, rl, atol=1e-4, rtol=1e-5)
     assert fused.Fused(dev, torch.bfloat16).kind == "triton"
 
 

@@ -8,6 +8,10 @@ These Triton kernels do each in one, with the same rounding as the reference
 weight; SiLU in fp32, rounded, then times `up`; RoPE as `x·cos + rot(x)·sin` with each product
 and the sum rounded to the activation dtype, as PyTorch's elementwise ops do).
 
+`row_stats` reads each row of the verify logits once for both things a round needs from them: the
+argmax (the target's greedy choice, the first index among equal maxima like `torch.argmax`) and
+the log-sum-exp (for the record's target probabilities); PyTorch needs five passes for these.
+
 `rope_kv` works in place on one layer's packed projection output qkv (N, Hq + 2·Hkv, D): the
 q heads and k heads are (optionally normed and) rotated where they lie, and the k and v heads
 are written to the cache rows [start, start + N); the rotary position of row i is pos[i] (a
@@ -96,6 +100,26 @@ if triton is not None:
                 tl.store(K + (head - n_q) * stride_kh + dst + cols, y)
 
 
+    @triton.jit
+    def _row_stats_kernel(X, stride, n_cols, ARG, LSE, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        base = X + row.to(tl.int64) * stride
+        cols = tl.arange(0, BLOCK)
+        m = tl.full((), float("-inf"), tl.float32)
+        acc = tl.zeros((), tl.float32)
+        best = tl.zeros((), tl.int32)
+        for start in range(0, n_cols, BLOCK):
+            x = tl.load(base + start + cols, mask=start + cols < n_cols, other=float("-inf")).to(tl.float32)
+            bm = tl.max(x, axis=0)
+            bi = tl.argmax(x, axis=0)                     # first index of the block's maximum
+            best = tl.where(bm > m, start + bi, best)     # strictly greater: the earlier block keeps ties
+            m_new = tl.maximum(m, bm)
+            acc = acc * tl.exp(m - m_new) + tl.sum(tl.exp(x - m_new), axis=0)
+            m = m_new
+        tl.store(ARG + row, best.to(tl.int64))
+        tl.store(LSE + row, m + tl.log(acc))
+
+
 def rms_norm_triton(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     """x (R, H) with unit stride in H; w (H,) → (R, H) in the reference's result dtype."""
     assert x.dim() == 2 and x.stride(-1) == 1 and w.is_contiguous() and w.shape[0] == x.shape[1]
@@ -116,6 +140,22 @@ def silu_mul_triton(gu: torch.Tensor) -> torch.Tensor:
     _silu_mul_kernel[(r, triton.cdiv(i, block))](gu, y, i, gu.stride(0), y.stride(0), BLOCK=block,
                                                  num_warps=4)
     return y
+
+
+def row_stats_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (R, V) → argmax (R,) int64, log-sum-exp (R,) float32."""
+    return x.argmax(-1), torch.logsumexp(x.float(), dim=-1)
+
+
+def row_stats_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One pass per row of `_row_stats_kernel` (x (R, V) with unit stride in V)."""
+    assert x.dim() == 2 and x.stride(1) == 1
+    r, v = x.shape
+    arg = torch.empty(r, dtype=torch.int64, device=x.device)
+    lse = torch.empty(r, dtype=torch.float32, device=x.device)
+    if r:
+        _row_stats_kernel[(r,)](x, x.stride(0), v, arg, lse, BLOCK=4096, num_warps=8)
+    return arg, lse
 
 
 def rope_kv_reference(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: torch.Tensor, cos: torch.Tensor,
@@ -191,6 +231,11 @@ class Fused:
             for i in (0, 6, 7):  # qkv, k_cache, v_cache
                 if not torch.allclose(got[i].float(), ref[i].float(), atol=tol, rtol=tol):
                     raise RuntimeError(f"rope_kv probe mismatch at Hq={n_q} Hkv={n_kv} D={d} norm={norm}")
+        logits = torch.randn(3, 10_000, device=device, generator=g)
+        logits[1, 7_000] = logits[1, 9_000] = logits[1].max() + 1          # a tie: the first index wins
+        (a, l), (ra, rl) = row_stats_triton(logits), row_stats_reference(logits)
+        if not (torch.equal(a, ra) and torch.allclose(l, rl, atol=1e-4, rtol=1e-5)):
+            raise RuntimeError("row_stats probe mismatch")
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
         """x (..., H): RMSNorm over the last dim."""
@@ -208,6 +253,12 @@ class Fused:
         if self.kind == "triton":
             return rope_kv_triton(qkv, n_q, pos, start, cos, sin, k_cache, v_cache, norm_w, eps)
         return rope_kv_reference(qkv, n_q, pos, start, cos, sin, k_cache, v_cache, norm_w, eps, rms=self.rms_norm)
+
+    def row_stats(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (R, V) fp32 logits → (argmax (R,) int64, log-sum-exp (R,) fp32)."""
+        if self.kind == "triton" and x.stride(1) == 1:
+            return row_stats_triton(x)
+        return row_stats_reference(x)
 
     def silu_mul(self, gu: torch.Tensor) -> torch.Tensor:
         if self.kind == "triton":

@@ -250,7 +250,8 @@ class FastDecoder(Decoder):
         s = self.state
         tb = s.trees[n]
         logits, hidden = s.st.forward(tb.tokens, tb.depth, tb.anc, s.prefix)   # (N, V), (N, n·H)
-        s.vout[n] = (logits.argmax(-1), logits, hidden)
+        top, lse = self.fused.row_stats(logits)                                 # (N,), (N,)
+        s.vout[n] = (top, logits, hidden, lse)
 
     def _accept(self, n: int, speculative: bool) -> None:
         """Greedy rule (paper notation): child c of u matches when x_c = argmax p_u; accept the
@@ -259,7 +260,7 @@ class FastDecoder(Decoder):
         their hidden states to the draft context, advance prefix, make the bonus the root."""
         s = self.state
         tb = s.trees[n]
-        top, logits, hidden = s.vout[n]
+        top, logits, hidden, lse = s.vout[n]
         ar = s.st.ar[:n]
         par0 = tb.parents.clamp(min=0)
         match = ((tb.tokens == top[par0]) | (ar == 0)) & tb.valid         # (N,)
@@ -272,7 +273,6 @@ class FastDecoder(Decoder):
         path = (on_path & (tb.depth[None, :] == level)).float().argmax(-1)  # (D+1,)
         bonus = top.index_select(0, best).reshape(())
         best = best.reshape(())
-        lse = torch.logsumexp(logits, dim=-1)
         tprob = torch.where(ar == 0, 1.0, torch.exp(logits[par0, tb.tokens] - lse[par0]))
         if speculative:
             s.st.move_rows(s.prefix + path, s.prefix, plen)
