@@ -212,6 +212,15 @@ def kv_compact(k_cache: torch.Tensor, v_cache: torch.Tensor, src_rows: torch.Ten
     fn(k_cache, v_cache, src_rows, dst_start, n)
 
 
+def greedy_record(tokens, parents, depth, rank, valid, n_valid, anc, draft_logp, cum_logp, top, logits, lse,
+                  ints: torch.Tensor, floats: torch.Tensor) -> None:
+    """The engine's greedy accept + round record into its staging buffers. See kernels/greedy_record.py."""
+    from .kernels import greedy_record as gr
+
+    fn = gr.greedy_record_triton if use_triton(tokens) else gr.greedy_record_reference
+    fn(tokens, parents, depth, rank, valid, n_valid, anc, draft_logp, cum_logp, top, logits, lse, ints, floats)
+
+
 # ---------------------------------------------------------------- hooks for our target forward
 
 class _TreeMaskCache:

@@ -17,7 +17,8 @@ import torch
 from conftest import interpreted
 
 CUDA = torch.cuda.is_available()
-ta, aw, kc = interpreted('jetspec_core.kernels.tree_attention', 'jetspec_core.kernels.accept_walk', 'jetspec_core.kernels.kv_compact')
+ta, aw, kc, gr = interpreted('jetspec_core.kernels.tree_attention', 'jetspec_core.kernels.accept_walk',
+                             'jetspec_core.kernels.kv_compact', 'jetspec_core.kernels.greedy_record')
 
 from conftest import OracleDrafter, tiny_hf  # noqa: E402
 from jetspec_core import backend  # noqa: E402
@@ -236,6 +237,68 @@ def test_accept_walks_match_oracle_and_reference(rule):
                 assert p[len(want[0]):].eq(-1).all()
             lengths.append(len(want[0]))
     assert max(lengths) >= 6  # the cases really walk deep
+
+
+def record_case(n, seed, d1, pad=0):
+    """The engine's round inputs for one walk_case tree: the last `pad` nodes are padding (invalid,
+    parent root, token root), the target's argmax is the walk's choice, random logits hold it."""
+    tokens, par, choice = walk_case(n, seed)
+    gen = torch.Generator().manual_seed(100 + seed)
+    valid = torch.ones(n, dtype=torch.bool)
+    if pad:
+        valid[n - pad:] = False
+        par[n - pad:] = 0
+        tokens[n - pad:] = tokens[0]
+    par[0] = -1
+    depth = torch.zeros(n, dtype=torch.long)
+    anc = torch.eye(n, dtype=torch.bool)
+    for i in range(1, n):
+        depth[i] = depth[par[i]] + 1
+        anc[i] |= anc[par[i]]
+    logits = torch.randn(n, 41, generator=gen)
+    args = dict(tokens=tokens, parents=par, depth=depth, rank=torch.randint(-1, 7, (n,), generator=gen),
+                valid=valid, n_valid=torch.tensor(n - pad), anc=anc, draft_logp=-torch.rand(n, generator=gen),
+                cum_logp=-torch.rand(n, generator=gen), top=choice, logits=logits,
+                lse=torch.logsumexp(logits, -1))
+    ni, nf = gr.layout(n, d1)
+    return {k: v.to(DEV) for k, v in args.items()}, ni, nf
+
+
+def test_greedy_record_kernel_matches_reference_and_oracle():
+    """The one-launch accept + record equals the tensor ops (ints exactly, floats to rounding) and
+    the plain-Python greedy walk, on chains, wide and random trees, with padding, N from 1 to 255."""
+    deep = 0
+    for seed, (n, pad) in enumerate([(1, 0), (2, 0), (3, 1), (17, 0), (40, 5), (64, 0), (100, 20), (255, 0)] * 2):
+        for d1 in (1, 6, 17):
+            args, ni, nf = record_case(n, seed, d1, pad)
+            outs = []
+            for fn in (gr.greedy_record_triton, gr.greedy_record_reference):
+                ints = torch.full((ni,), -7, dtype=torch.long, device=DEV)
+                floats = torch.full((nf,), -7.0, device=DEV)
+                fn(**args, ints=ints, floats=floats)
+                outs.append((ints.cpu(), floats.cpu()))
+            (ti, tf), (ri, rf) = outs
+            assert torch.equal(ti, ri), (n, pad, d1, seed)
+            assert torch.allclose(tf, rf, atol=1e-6, rtol=1e-5), (n, pad, d1, seed)
+            want, bonus = oracle_greedy(args["tokens"].cpu(), args["parents"].cpu().tolist(), args["top"].cpu())
+            plen = int(ti[1])
+            if len(want) <= d1:   # the record's path holds D1 = max_depth + 1 slots
+                assert plen == len(want) and ti[4:4 + plen].tolist() == want and int(ti[2]) == bonus
+            deep = max(deep, plen)
+    assert deep >= 6
+
+
+def test_greedy_record_launcher_rejects_bad_input():
+    args, ni, nf = record_case(17, 3, 6)
+    ints, floats = torch.zeros(ni, dtype=torch.long, device=DEV), torch.zeros(nf, device=DEV)
+    with pytest.raises(ValueError, match="int64"):
+        gr.greedy_record_triton(**dict(args, tokens=args["tokens"].int()), ints=ints, floats=floats)
+    with pytest.raises(ValueError, match="bool"):
+        gr.greedy_record_triton(**dict(args, anc=args["anc"].float()), ints=ints, floats=floats)
+    with pytest.raises(ValueError, match="float32"):
+        gr.greedy_record_triton(**dict(args, logits=args["logits"].double()), ints=ints, floats=floats)
+    with pytest.raises(ValueError, match="buffers"):
+        gr.greedy_record_triton(**args, ints=ints, floats=floats[:-1])
 
 
 def test_walks_agree_with_the_decoders_accept_rules():

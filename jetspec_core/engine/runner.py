@@ -71,6 +71,7 @@ class _State:
         self.prefix = torch.zeros((), dtype=torch.long, device=dev)
         self.root = torch.zeros((), dtype=torch.long, device=dev)
         self.d_logp = torch.zeros(max(dec.max_depth, 1), t.shape.vocab_size, device=dev)
+        self.d1 = dec.d1
         self.trees: dict[int, StaticTree] = {}
         self.packed: dict[int, tuple] = {}   # n -> the tree kernel's output buffers behind trees[n]
         self.vout: dict[int, tuple] = {}
@@ -82,6 +83,11 @@ class _State:
             # laid out as the tree kernel's outputs, so that it writes the round's tree in place
             self.packed[n] = tuple(b.zero_() for b in tree_outputs(n, self.prefix.device))
             tb = tree_views(*self.packed[n], n)
+            from ..kernels.greedy_record import layout
+
+            ni, nf = layout(n, self.d1)                 # the round record's staging buffers
+            self.stage[n] = (torch.zeros(ni, dtype=torch.long, device=self.prefix.device),
+                             torch.zeros(nf, dtype=torch.float32, device=self.prefix.device))
             if n == 1:  # the plain step's tree: the root alone
                 tb.parents.fill_(-1)
                 tb.rank.fill_(-1)
@@ -255,37 +261,23 @@ class FastDecoder(Decoder):
 
     def _accept(self, n: int, speculative: bool) -> None:
         """Greedy rule (paper notation): child c of u matches when x_c = argmax p_u; accept the
-        deepest node whose whole path matches (first sibling wins); bonus = argmax p there.
-        Then commit: move the K/V rows of root + accepted nodes to [prefix, prefix + τ), append
-        their hidden states to the draft context, advance prefix, make the bonus the root."""
+        deepest node whose whole path matches (first sibling wins); bonus = argmax p there — and
+        the round record, into the staging buffers (`kernels/greedy_record.py`, one launch on
+        CUDA). Then commit: move the K/V rows of root + accepted nodes to [prefix, prefix + τ),
+        append their hidden states to the draft context, advance prefix, make the bonus the root."""
         s = self.state
         tb = s.trees[n]
         top, logits, hidden, lse = s.vout[n]
-        ar = s.st.ar[:n]
-        par0 = tb.parents.clamp(min=0)
-        match = ((tb.tokens == top[par0]) | (ar == 0)) & tb.valid         # (N,)
-        ok = ~(tb.anc & ~match[None, :]).any(-1)                           # whole path matches
-        # index with 1-element tensors: a 0-d tensor index is read on the host (a sync)
-        best = torch.argmax(torch.where(ok, tb.depth, -1)).reshape(1)
-        plen = (tb.depth.index_select(0, best) + 1).reshape(())             # τ
-        on_path = tb.anc.index_select(0, best)                              # (1, N)
-        level = s.st.ar[:self.d1, None]
-        path = (on_path & (tb.depth[None, :] == level)).float().argmax(-1)  # (D+1,)
-        bonus = top.index_select(0, best).reshape(())
-        best = best.reshape(())
-        tprob = torch.where(ar == 0, 1.0, torch.exp(logits[par0, tb.tokens] - lse[par0]))
+        ints, floats = s.stage[n]
+        backend.greedy_record(tb.tokens, tb.parents, tb.depth, tb.rank, tb.valid, tb.n_valid, tb.anc,
+                              tb.draft_logp, tb.cum_logp, top, logits, lse, ints, floats)
+        plen, bonus, path = ints[1], ints[2], ints[4:4 + self.d1]           # τ, bonus, (D+1,) node indices
         if speculative:
             s.st.move_rows(s.prefix + path, s.prefix, plen)
             if s.sh is not None:
                 s.sh.append(hidden[path], s.prefix)
-        new_prefix = s.prefix + plen
-        s.prefix.copy_(new_prefix)
+        s.prefix.add_(plen)
         s.root.copy_(bonus)
-        ints = torch.cat([torch.stack([tb.n_valid, plen, bonus, best]), path, tb.tokens, tb.parents,
-                          tb.depth, tb.rank, top])
-        floats = torch.cat([(ok & tb.valid).sum().float().reshape(1), tb.draft_logp, tb.cum_logp,
-                            tprob.float(), match.float()])
-        s.stage[n] = (ints, floats)
 
     def _plain_step(self) -> None:
         s = self.state
