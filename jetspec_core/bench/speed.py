@@ -179,19 +179,23 @@ def bench_target(a, budgets: list[int]) -> dict:
             dec.generate(prompts[0], DecodeConfig(**dict(cfg.to_dict(), max_new_tokens=8)))
         capture_s = time.perf_counter() - t1
         plain = run_config(dec, prompts, plain_cfg)
-        out = {"prompts": len(prompts), "prompt_tokens_max": longest, "capture_s": capture_s,
-               "plain": {k: v for k, v in plain.items() if k != "outputs"}, "budgets": {}}
-        plain_step = plain["round_ms"]
+        out = {"prompts": len(prompts), "prompt_tokens_max": longest, "capture_s": capture_s, "budgets": {}}
         for b in budgets:
             r = run_config(dec, prompts, DecodeConfig(budget=b, **base))
-            r["speedup"] = r["tok_s"] / plain["tok_s"]
-            r["round_over_plain_step"] = r["round_ms"] / plain_step
             r["agreement"] = agreement(dec, prompts, plain["outputs"], r.pop("outputs"))
             out["budgets"][str(b)] = r
+        # plain decoding again after the budgets: a host or clock hiccup during one run shows as
+        # two different figures; the faster run is the baseline (the conservative speedup)
+        again = run_config(dec, prompts, plain_cfg)
+        runs = [{k: v for k, v in x.items() if k != "outputs"} for x in (plain, again)]
+        out["plain"] = dict(max(runs, key=lambda x: x["tok_s"]), runs_tok_s=[x["tok_s"] for x in runs])
+        for r in out["budgets"].values():
+            r["speedup"] = r["tok_s"] / out["plain"]["tok_s"]
+            r["round_over_plain_step"] = r["round_ms"] / out["plain"]["round_ms"]
         if a.hf_limit > 0:
             out["hf_generate"] = hf_generate_tok_s(target, prompts[: a.hf_limit], a.max_new_tokens)
             if out["hf_generate"]:
-                out["engine_plain_over_hf"] = plain["tok_s"] / out["hf_generate"]["tok_s"]
+                out["engine_plain_over_hf"] = out["plain"]["tok_s"] / out["hf_generate"]["tok_s"]
         res["datasets"][name] = out
     return res
 
@@ -313,7 +317,9 @@ def print_tables(res: dict) -> None:
             p = d["plain"]
             hf = d.get("hf_generate")
             print(f"\n== {name}: {d['prompts']} prompts, {res['max_new_tokens']} new tokens ==")
+            runs = " / ".join(f"{x:.0f}" for x in p.get("runs_tok_s", []))
             print(f"plain (engine): {p['tok_s']:.1f} tok/s, step {p['round_ms']:.3f} ms"
+                  + (f" (faster of two runs: {runs} tok/s)" if runs else "")
                   + (f" | HF generate: {hf['tok_s']:.1f} tok/s ({hf['prompts']} prompts) | engine/HF "
                      f"{d['engine_plain_over_hf']:.1f}x" if hf else ""))
             print(f"{'budget':>6} {'tok/s':>8} {'speedup':>7} {'tau':>5} {'round ms':>8} {'/plain':>6} "
