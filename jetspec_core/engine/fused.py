@@ -99,7 +99,6 @@ if triton is not None:
             if head >= n_q:
                 tl.store(K + (head - n_q) * stride_kh + dst + cols, y)
 
-
     @triton.jit
     def _row_stats_kernel(X, stride, n_cols, ARG, LSE, BLOCK: tl.constexpr):
         row = tl.program_id(0)
@@ -233,8 +232,8 @@ class Fused:
                     raise RuntimeError(f"rope_kv probe mismatch at Hq={n_q} Hkv={n_kv} D={d} norm={norm}")
         logits = torch.randn(3, 10_000, device=device, generator=g)
         logits[1, 7_000] = logits[1, 9_000] = logits[1].max() + 1          # a tie: the first index wins
-        (a, l), (ra, rl) = row_stats_triton(logits), row_stats_reference(logits)
-        if not (torch.equal(a, ra) and torch.allclose(l, rl, atol=1e-4, rtol=1e-5)):
+        (arg, lse), (ref_arg, ref_lse) = row_stats_triton(logits), row_stats_reference(logits)
+        if not (torch.equal(arg, ref_arg) and torch.allclose(lse, ref_lse, atol=1e-4, rtol=1e-5)):
             raise RuntimeError("row_stats probe mismatch")
 
     def rms_norm(self, x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
