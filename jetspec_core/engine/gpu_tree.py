@@ -185,7 +185,7 @@ def build_static(builder: str, depth_logp: torch.Tensor, root: torch.Tensor, wid
                  budget: int, n_nodes: int, calibration=None, out: tuple | None = None) -> StaticTree:
     """The tree of `builder` from depth_logp (D, V) fp32, root 0-d long; n_nodes ≥ budget. With a
     `Calibration` the nodes are chosen by calibrated scores and the tree records the raw log-probs.
-    out: `kernels.tree_build.tree_outputs` buffers the Triton kernel writes into when it runs (the
+    out: `tree_outputs` buffers the Triton kernel (`kernels/tree_build.py`) writes into when it runs (the
     returned fields are then views of them; other paths return new tensors)."""
     if builder not in BUILDERS:
         raise ValueError(f"no static builder {builder!r}")

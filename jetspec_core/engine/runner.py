@@ -361,6 +361,7 @@ class FastDecoder(Decoder):
             yield from super().stream(prompt_ids, cfg)
             return
         self.check(prompt_ids, cfg)
+        from ..kernels.greedy_record import unpack  # the staging buffers' layout lives with their writer
         speculative = cfg.mode == "jetspec" and cfg.budget > 1 and self.drafter is not None
         n = bucket_for(cfg.budget) if speculative else 1
         # room for the prompt, the output, and two rounds of scratch rows (one queued ahead)
@@ -380,21 +381,14 @@ class FastDecoder(Decoder):
             if ahead:
                 self._launch(r + 1, steps, speculative, n, committed)
             ints, fl, nb, timings = self._collect(r)
-            nv, plen, bonus = ints[0], ints[1], ints[2]
-            o = 4
-            path = ints[o:o + plen]
-            o += d1
-            tokens, parents, depth, rank, top = (ints[o + i * nb: o + i * nb + nv] for i in range(5))
-            draft_logp, cum_logp, tprob, match = (fl[1 + i * nb: 1 + i * nb + nv] for i in range(4))
-            new, finished = cut_new_tokens([tokens[i] for i in path[1:]] + [bonus], eos,
+            fields = unpack(ints, fl, nb, d1)
+            path, tokens = fields["accepted"], fields["tokens"]
+            new, finished = cut_new_tokens([tokens[i] for i in path[1:]] + [fields["bonus"]], eos,
                                            cfg.max_new_tokens - generated)
             committed += new
             generated += len(new)
-            rec = RoundRecord(
-                index=r, past_len=past, tokens=tokens, parents=parents, depth=depth, rank=rank,
-                draft_logp=draft_logp, cum_logp=cum_logp, target_prob=tprob, accept_prob=match,
-                target_top=top, accepted=path, bonus=bonus, new_tokens=new, expected_tau=fl[0],
-                timings=timings, elapsed_s=time.perf_counter() - start, finished=finished)
+            rec = RoundRecord(index=r, past_len=past, new_tokens=new, timings=timings,
+                              elapsed_s=time.perf_counter() - start, finished=finished, **fields)
             past += len(new)
             if not ahead and not finished:
                 if self.taps:

@@ -32,6 +32,18 @@ def layout(n: int, d1: int) -> tuple[int, int]:
     return 4 + d1 + 5 * n, 1 + 4 * n
 
 
+def unpack(ints: list[int], floats: list[float], n: int, d1: int) -> dict:
+    """The two staging buffers, copied to the host as lists, → the round record's fields for the
+    n_valid real nodes (names as in `decoder.RoundRecord`)."""
+    nv, plen = ints[0], ints[1]
+    o = 4 + d1
+    tokens, parents, depth, rank, top = (ints[o + i * n: o + i * n + nv] for i in range(5))
+    draft_logp, cum_logp, tprob, match = (floats[1 + i * n: 1 + i * n + nv] for i in range(4))
+    return dict(tokens=tokens, parents=parents, depth=depth, rank=rank, draft_logp=draft_logp, cum_logp=cum_logp,
+                target_prob=tprob, accept_prob=match, target_top=top, accepted=ints[4:4 + plen], bonus=ints[2],
+                expected_tau=floats[0])
+
+
 def greedy_record_reference(tokens, parents, depth, rank, valid, n_valid, anc, draft_logp, cum_logp,
                             top, logits, lse, ints: torch.Tensor, floats: torch.Tensor) -> None:
     """Tensor ops: tree arrays (N,) (anc (N, N) bool, valid bool, n_valid 0-d), target argmax
