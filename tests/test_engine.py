@@ -208,7 +208,8 @@ def test_fused_triton_kernels_match_reference_in_the_interpreter():
         gu = torch.randn(2, 2 * 37)
         assert torch.allclose(fused.silu_mul_triton(gu), fused.silu_mul_ref(gu), atol=1e-5)
         # RoPE + K/V write in place: q heads, k heads (also into the cache), v heads (cache only)
-        for n_q, n_kv, d, norm in ((9, 3, 64, False), (8, 2, 128, True), (0, 1, 64, True), (3, 1, 16, False)):
+        for n_q, n_kv, d, norm in ((9, 3, 64, False), (8, 2, 128, True), (0, 1, 64, True), (3, 1, 16, False),
+                                   (20, 17, 64, True)):  # heads over several programs, ragged last block
             got, ref = (fused.rope_case(torch.device("cpu"), torch.float32, n_q, n_kv, d, norm) for _ in range(2))
             before = got[0].clone()
             fused.rope_kv_reference(*ref)

@@ -342,6 +342,22 @@ def test_fast_decoder_batch_invariant_jetspec_equals_plain(monkeypatch):
         assert dec._why_not_invariant(target, "auto", auto=True) is None
 
 
+def test_bi_matmul_row_tiles_per_program_do_not_change_rows():
+    """Several row tiles per program (`sub`, picked for wide weights in tree verifies) share the W tile
+    loads only: every sub gives the one-tile result bit for bit, ragged last tiles included."""
+    assert [bm.sub_for(m, 49152) for m in (1, 16, 17, 256)] == [1, 1, 2, 2]
+    assert bm.sub_for(256, 576) == 1
+    x, w = rand(70, 90, seed=10), rand(40, 90, seed=11) / 4
+    bias, res = rand(40, seed=12), rand(70, 40, seed=13)
+    one = bm.bi_matmul(x, w, bias, res, sub=1)
+    for sub in (2, 4):
+        assert torch.equal(bm.bi_matmul(x, w, bias, res, sub=sub), one), sub
+    assert torch.equal(bm.bi_matmul(x[:1], w, bias, res[:1])[0], one[0])
+    torch.testing.assert_close(one, bm.bi_matmul_reference(x, w, bias, res), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="sub"):
+        bm.bi_matmul(x, w, sub=3)
+
+
 # ---------------------------------------------------------------- GPU: real shapes, graphed engine
 
 SMOLLM2_ATTN = (9, 3, 64)

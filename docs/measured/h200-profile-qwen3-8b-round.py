@@ -1,8 +1,10 @@
-"""Kernel-level profile of the Qwen3-8B-shaped cost run (random bf16 weights): plain steps and
-budget-256 rounds, eager (no graphs) so every kernel shows; prints the top kernels per run."""
-import sys, torch
-from torch.profiler import profile, ProfilerActivity
-from jetspec_core.bench.speed import random_target, SHAPES
+"""Kernel-level profile of the Qwen3-8B-shaped cost run (random bf16 weights, prefix 512, the
+bench's default builder): plain steps and budget-256 rounds, eager (no graphs) so every kernel
+shows. Prints per run: device time and kernel launches per step / round, and the top kernels."""
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from jetspec_core.bench.speed import SHAPES, random_target
 from jetspec_core.config import DecodeConfig
 from jetspec_core.drafter import HeadDrafter
 from jetspec_core.engine import FastDecoder
@@ -29,15 +31,15 @@ for name, cfg in (("plain", DecodeConfig(mode="plain", max_new_tokens=24, stop_a
     dec.generate(ids, DecodeConfig(**dict(cfg.to_dict(), max_new_tokens=4)))
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        out, _recs = dec.generate(ids, cfg)
+        out, _ = dec.generate(ids, cfg)
         torch.cuda.synchronize()
-    rounds = out.rounds
-    print(f"\n==== {name}: rounds ~{rounds}")
-    ev = [e for e in prof.key_averages() if e.device_type.name == "CUDA" or getattr(e, 'self_device_time_total', 0) > 0]
-    tot = sum(getattr(e, "self_device_time_total", 0) for e in prof.key_averages())
-    print(f"total device us {tot:.0f}")
-    for e in sorted(prof.key_averages(), key=lambda e: -getattr(e, "self_device_time_total", 0))[:28]:
-        t = getattr(e, "self_device_time_total", 0)
-        if t <= 0:
-            continue
-        print(f"{t:10.0f} us {100*t/tot:5.1f}% n={e.count:6d}  {e.key[:110]}")
+    ka = prof.key_averages()
+    tot = sum(e.self_device_time_total for e in ka)
+    launches = sum(e.count for e in ka if e.self_device_time_total > 0)
+    r = out.rounds
+    print(f"\n==== {name}: {r} rounds (prefill included in the totals)  device {tot / r:.0f} us/round, "
+          f"{launches / r:.0f} kernels/round")
+    for e in sorted(ka, key=lambda e: -e.self_device_time_total)[:30]:
+        t = e.self_device_time_total
+        if t > 0:
+            print(f"{t / r:8.1f} us/round {100 * t / tot:5.1f}% {e.count / r:6.1f}/round  {e.key[:100]}")

@@ -276,6 +276,10 @@ def bench_gemm(dev, timer: Timer, sweep: bool, shapes: list[str]) -> list[dict]:
                 x = torch.randn(m, k, device=dev, dtype=torch.bfloat16, generator=gen)
                 row[f"triton_m{m}_us"] = timer(lambda: bm.bi_matmul(x, w))
                 row[f"torch_m{m}_us"] = timer(lambda: torch.mm(x, w.t()))
+                if m > bm.BLOCK_M:  # row tiles per program (the launcher picks by M)
+                    for sub in bm.SUBS:
+                        row.setdefault("subs", {}).setdefault(f"m{m}", {})[sub] = \
+                            timer(lambda sub=sub: bm.bi_matmul(x, w, sub=sub))
                 if sweep:
                     row.setdefault("sweep", {})
                     for t in GEMM_TILES:
@@ -376,6 +380,15 @@ def report(res: dict) -> str:
         best = (f"{r['best_tile']}: " + " / ".join(_fmt(r["best_us"].get(f"m{m}")) for m in GEMM_ROWS)
                 if "best_tile" in r else "-")
         lines.append(f"| {r['shape']} | {r['N']} × {r['K']} | {tuple(r['tile'])} | {tri} | {ref} | {best} |")
+    subs = [r for r in res["gemm"] if "subs" in r]
+    if subs:
+        lines += ["", "Row tiles per program (`sub`), default tile, µs:", "",
+                  "| model | N × K | rows | " + " | ".join(f"sub {s}" for s in next(iter(subs[0]["subs"].values())))
+                  + " |", "|---|---|---|" + "---|" * len(next(iter(subs[0]["subs"].values())))]
+        for r in subs:
+            for m, d in r["subs"].items():
+                lines.append(f"| {r['shape']} | {r['N']} × {r['K']} | {m[1:]} | "
+                             + " | ".join(_fmt(v) for v in d.values()) + " |")
     lines += ["", "Training KL, forward + backward, bf16 logits, ms (peak GB):", "",
               "| model | rows × vocab | PyTorch ops | fused kernel | PyTorch / fused | max rel. err |",
               "|---|---|---|---|---:|---:|"]

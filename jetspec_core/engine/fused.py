@@ -69,35 +69,46 @@ if triton is not None:
 
     @triton.jit
     def _rope_kv_kernel(QKV, stride_row, POS, START, COS, SIN, NW, K, V, stride_kh, stride_ks, n_q, n_kv,
-                        eps, D: tl.constexpr, NORM: tl.constexpr):
+                        eps, D: tl.constexpr, HB: tl.constexpr, NORM: tl.constexpr):
+        # one program per row and block of HB heads of one kind: q blocks, then k blocks, then v
         row = tl.program_id(0)
-        head = tl.program_id(1)       # [0, n_q): q heads, [n_q, n_q + n_kv): k heads, then v heads
+        blk = tl.program_id(1)
+        nqb = tl.cdiv(n_q, HB)
+        nkb = tl.cdiv(n_kv, HB)
         cols = tl.arange(0, D)
-        src = QKV + row.to(tl.int64) * stride_row + head * D
+        hb = tl.arange(0, HB)
+        base = QKV + row.to(tl.int64) * stride_row
         dst = (tl.load(START) + row).to(tl.int64) * stride_ks
-        if head >= n_q + n_kv:        # v: a copy into the cache
-            tl.store(V + (head - n_q - n_kv) * stride_kh + dst + cols, tl.load(src + cols))
-        else:
+        if blk >= nqb + nkb:          # v heads: a copy into the cache
+            local = (blk - nqb - nkb) * HB + hb
+            m = (local < n_kv)[:, None]
+            vals = tl.load(base + (n_q + n_kv + local)[:, None] * D + cols[None, :], mask=m)
+            tl.store(V + local[:, None] * stride_kh + dst + cols[None, :], vals, mask=m)
+        else:                         # q or k heads: (norm,) rotate in place (k: also into the cache)
+            is_k = blk >= nqb
+            local = tl.where(is_k, blk - nqb, blk) * HB + hb
+            m = (local < tl.where(is_k, n_kv, n_q))[:, None]
+            src = base + (tl.where(is_k, n_q, 0) + local)[:, None] * D
             dt = QKV.dtype.element_ty
             half: tl.constexpr = D // 2
             partner = (cols + half) % D                  # rotate-half: rot(x)[j] = ±x[partner[j]]
-            x = tl.load(src + cols).to(tl.float32)
-            xp = tl.load(src + partner).to(tl.float32)
+            x = tl.load(src + cols[None, :], mask=m, other=0.0).to(tl.float32)      # (HB, D)
+            xp = tl.load(src + partner[None, :], mask=m, other=0.0).to(tl.float32)
             if NORM:                                     # per-head RMSNorm (q_norm / k_norm)
-                wo = (head >= n_q).to(tl.int32) * D
-                inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=0) / D + eps)
-                w = tl.load(NW + wo + cols).to(tl.float32)
-                wp = tl.load(NW + wo + partner).to(tl.float32)
-                x = ((x * inv).to(dt).to(tl.float32) * w).to(dt).to(tl.float32)
-                xp = ((xp * inv).to(dt).to(tl.float32) * wp).to(dt).to(tl.float32)
-            xp = tl.where(cols < half, -xp, xp)
+                wo = is_k.to(tl.int32) * D
+                inv = 1.0 / tl.sqrt(tl.sum(x * x, axis=1) / D + eps)                 # (HB,)
+                w = tl.load(NW + wo + cols).to(tl.float32)[None, :]
+                wp = tl.load(NW + wo + partner).to(tl.float32)[None, :]
+                x = ((x * inv[:, None]).to(dt).to(tl.float32) * w).to(dt).to(tl.float32)
+                xp = ((xp * inv[:, None]).to(dt).to(tl.float32) * wp).to(dt).to(tl.float32)
+            xp = tl.where(cols[None, :] < half, -xp, xp)
             pos = tl.load(POS + row).to(tl.int64) * D
-            c = tl.load(COS + pos + cols).to(tl.float32)
-            s = tl.load(SIN + pos + cols).to(tl.float32)
+            c = tl.load(COS + pos + cols).to(tl.float32)[None, :]
+            s = tl.load(SIN + pos + cols).to(tl.float32)[None, :]
             y = ((x * c).to(dt).to(tl.float32) + (xp * s).to(dt).to(tl.float32)).to(dt)
-            tl.store(src + cols, y)
-            if head >= n_q:
-                tl.store(K + (head - n_q) * stride_kh + dst + cols, y)
+            tl.store(src + cols[None, :], y, mask=m)
+            if is_k:
+                tl.store(K + local[:, None] * stride_kh + dst + cols[None, :], y, mask=m)
 
     @triton.jit
     def _row_stats_kernel(X, stride, n_cols, ARG, LSE, BLOCK: tl.constexpr):
@@ -177,6 +188,10 @@ def rope_kv_reference(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: tor
     v_cache.index_copy_(1, rows, qkv[:, n_q + n_kv:].transpose(0, 1))
 
 
+ROPE_TILE = 1024  # elements per rope_kv program: 16 heads of 64, 8 of 128 (one program per head was
+                  # 8 µs a call for 256 rows of a Qwen3-8B layer on an H200, mostly launch-bound)
+
+
 def rope_kv_triton(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: torch.Tensor, cos: torch.Tensor,
                    sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    norm_w: torch.Tensor | None, eps: float) -> None:
@@ -190,10 +205,11 @@ def rope_kv_triton(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: torch.
     assert norm_w is None or (norm_w.is_contiguous() and norm_w.numel() == 2 * d)
     if n == 0:
         return
-    _rope_kv_kernel[(n, h)](qkv, qkv.stride(0), pos, start, cos, sin, norm_w if norm_w is not None else cos,
-                            k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), n_q, n_kv, eps,
-                            D=d, NORM=norm_w is not None, num_warps=1 if d <= 128 else 2,
-                            enable_fp_fusion=False)
+    hb = max(1, ROPE_TILE // d)                       # heads per program
+    blocks = triton.cdiv(n_q, hb) + 2 * triton.cdiv(n_kv, hb)
+    _rope_kv_kernel[(n, blocks)](qkv, qkv.stride(0), pos, start, cos, sin, norm_w if norm_w is not None else cos,
+                                 k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), n_q, n_kv, eps,
+                                 D=d, HB=hb, NORM=norm_w is not None, num_warps=4, enable_fp_fusion=False)
 
 
 class Fused:

@@ -266,12 +266,13 @@ class StaticTarget:
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
                residual: torch.Tensor | None = None) -> torch.Tensor:
-        """residual + x @ w.T + b: the batch-invariant kernel in that mode, else cuBLAS
-        (`addmm` with a residual, `F.linear` without)."""
+        """residual + x @ w.T + b: the batch-invariant kernel in that mode, else cuBLAS (`addmm_`
+        into the residual, which it overwrites — an out-of-place addmm first copies the residual
+        into its result, one more kernel per call — and `F.linear` without one)."""
         if self.batch_invariant:
             return self._bi_matmul(x, w, b, residual)
         if residual is not None:
-            return torch.addmm(residual, x, w.t())
+            return residual.addmm_(x, w.t())
         return F.linear(x, w, b)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -305,8 +306,9 @@ class StaticTarget:
                     attn.prepare(pre, an, ar, hq // hkv, self.dtype))
 
         consts = {self.device: per_device(self.device)}
-        x = F.embedding(ids, self.model.embed)                         # (N, H)
-        tapped = {}
+        x = F.embedding(ids, self.model.embed)                         # (N, H), updated in place below
+        hidden = torch.empty(n, len(self.taps) * s.hidden_size, device=self.device, dtype=self.dtype) \
+            if self.taps else None
         for li, w in enumerate(self.layers):
             if self.per_layer and self.layer_dev[li] != x.device:
                 x = x.to(self.layer_dev[li])
@@ -321,9 +323,9 @@ class StaticTarget:
             x = self.linear(o, w.o, residual=x)
             h = f.rms_norm(x, w.ln2, s.rms_norm_eps)
             x = self.linear(f.silu_mul(self.linear(h, w.gu)), w.down, residual=x)
-            if li in self.taps:
-                tapped[li] = x
-        hidden = torch.cat([tapped[t].to(self.device) for t in self.taps], dim=-1) if self.taps else None
+            for i, t in enumerate(self.taps):  # copied now: the next layers overwrite x in place
+                if t == li:
+                    hidden[:, i * s.hidden_size:(i + 1) * s.hidden_size].copy_(x)
         if not logits:
             return None, hidden
         x = x.to(self.model.norm.device)
@@ -389,9 +391,9 @@ class StaticHead:
             h = f.rms_norm(x, w.ln1, c.rms_norm_eps)
             qkv = F.linear(h, w.qkv).view(self.block, hq + 2 * hkv, d)
             f.rope_kv(qkv, hq, pos, start, self.cos, self.sin, self.k[li], self.v[li], w.qk_norm, c.rms_norm_eps)
-            x = torch.addmm(x, self.attention(prep, qkv[:, :hq], self.k[li], self.v[li]), w.o.t())
+            x.addmm_(self.attention(prep, qkv[:, :hq], self.k[li], self.v[li]), w.o.t())   # in place
             h = f.rms_norm(x, w.ln2, c.rms_norm_eps)
-            x = torch.addmm(x, f.silu_mul(F.linear(h, w.gu)), w.down.t())
+            x.addmm_(f.silu_mul(F.linear(h, w.gu)), w.down.t())
         out = f.rms_norm(x, self.head.norm.data, c.rms_norm_eps)[1:]     # (B−1, H)
         logits = F.linear(out.to(t.dtype), t.model.lm_head).float()
         return torch.log_softmax(logits, dim=-1)

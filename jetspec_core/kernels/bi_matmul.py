@@ -48,6 +48,19 @@ def tile_for(n: int, k: int) -> tuple[int, int, int]:
     if n >= 2048:
         return 32, 128, 2
     return 32, 128, 4
+
+
+SUBS = (1, 2, 4)
+
+
+def sub_for(m: int, n: int) -> int:
+    """Row tiles per program for M rows of a weight of N rows: two for the lm_head-wide weights
+    of tree verifies (each program loads its W tile once for both), one elsewhere. On an H200,
+    bf16, SmolLM2's lm_head (49,152 × 576): 36.1 → 31.8 µs at M = 64, 127.4 → 100.8 at M = 256;
+    the narrow weights got slower with 2 or 4 (`bench kernels --only gemm`, session 12)."""
+    return 2 if m > BLOCK_M and n >= 16384 else 1
+
+
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -62,34 +75,66 @@ def bi_matmul_reference(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | N
     return y.to(out_dtype or x.dtype)
 
 
-@triton.jit(do_not_specialize=["M", "sxm", "srm", "sym"])
-def _bi_matmul_kernel(X, W, Bias, Res, Y, M, N, K, sxm, swn, srm, sym,
-                      HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, DOT_FP32: tl.constexpr,
-                      PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    rm = pid_m * BM + tl.arange(0, BM)
-    rn = pid_n * BN + tl.arange(0, BN)
-    rk = tl.arange(0, BK)
+@triton.jit
+def _row_tile(Y, Bias, Res, rm, rn, acc, M, N, srm, sym, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr):
+    """Epilogue of one BM-row tile: + bias, + residual in fp32, one rounding, masked store."""
     mmask = rm < M
     nmask = rn < N
-    xp = X + rm.to(tl.int64)[:, None] * sxm + rk[None, :]                  # (BM, BK)
-    wp = W + rn.to(tl.int64)[None, :] * swn + rk[:, None]                  # (BK, BN): W.T's tile
-    acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):                                            # always from 0, in order
-        kmask = k0 + rk < K
-        a = tl.load(xp + k0, mask=mmask[:, None] & kmask[None, :], other=0.0)
-        b = tl.load(wp + k0, mask=kmask[:, None] & nmask[None, :], other=0.0)
-        if DOT_FP32:
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PREC)
-        else:
-            acc = tl.dot(a, b, acc)
     if HAS_BIAS:
         acc += tl.load(Bias + rn, mask=nmask, other=0.0).to(tl.float32)[None, :]
     omask = mmask[:, None] & nmask[None, :]
     if HAS_RES:
         acc += tl.load(Res + rm.to(tl.int64)[:, None] * srm + rn[None, :], mask=omask, other=0.0).to(tl.float32)
     tl.store(Y + rm.to(tl.int64)[:, None] * sym + rn[None, :], acc.to(Y.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def _dot(a, b, acc, DOT_FP32: tl.constexpr, PREC: tl.constexpr):
+    if DOT_FP32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision=PREC)
+    return tl.dot(a, b, acc)
+
+
+@triton.jit(do_not_specialize=["M", "sxm", "srm", "sym"])
+def _bi_matmul_kernel(X, W, Bias, Res, Y, M, N, K, sxm, swn, srm, sym,
+                      HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, DOT_FP32: tl.constexpr,
+                      PREC: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                      SUB: tl.constexpr):
+    # SUB row tiles of BM rows per program share each loaded W tile; every tile is its own
+    # (BM, BK) x (BK, BN) dot into its own accumulator, so a row meets the same instructions in
+    # the same K order whatever SUB is (SUB only changes how many tiles one program holds)
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    r0 = pid_m * (SUB * BM) + tl.arange(0, BM)
+    rn = pid_n * BN + tl.arange(0, BN)
+    rk = tl.arange(0, BK)
+    nmask = rn < N
+    wp = W + rn.to(tl.int64)[None, :] * swn + rk[:, None]                  # (BK, BN): W.T's tile
+    xp = X + r0.to(tl.int64)[:, None] * sxm + rk[None, :]                  # (BM, BK), tile 0
+    step = BM * sxm                                                        # to the next row tile
+    acc0 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc1 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc2 = tl.zeros((BM, BN), dtype=tl.float32)
+    acc3 = tl.zeros((BM, BN), dtype=tl.float32)
+    for k0 in range(0, K, BK):                                            # always from 0, in order
+        kmask = (k0 + rk < K)[None, :]
+        b = tl.load(wp + k0, mask=(k0 + rk < K)[:, None] & nmask[None, :], other=0.0)
+        a = tl.load(xp + k0, mask=(r0 < M)[:, None] & kmask, other=0.0)
+        acc0 = _dot(a, b, acc0, DOT_FP32, PREC)
+        if SUB > 1:
+            a = tl.load(xp + step + k0, mask=(r0 + BM < M)[:, None] & kmask, other=0.0)
+            acc1 = _dot(a, b, acc1, DOT_FP32, PREC)
+        if SUB > 2:
+            a = tl.load(xp + 2 * step + k0, mask=(r0 + 2 * BM < M)[:, None] & kmask, other=0.0)
+            acc2 = _dot(a, b, acc2, DOT_FP32, PREC)
+            a = tl.load(xp + 3 * step + k0, mask=(r0 + 3 * BM < M)[:, None] & kmask, other=0.0)
+            acc3 = _dot(a, b, acc3, DOT_FP32, PREC)
+    _row_tile(Y, Bias, Res, r0, rn, acc0, M, N, srm, sym, HAS_BIAS, HAS_RES)
+    if SUB > 1:
+        _row_tile(Y, Bias, Res, r0 + BM, rn, acc1, M, N, srm, sym, HAS_BIAS, HAS_RES)
+    if SUB > 2:
+        _row_tile(Y, Bias, Res, r0 + 2 * BM, rn, acc2, M, N, srm, sym, HAS_BIAS, HAS_RES)
+        _row_tile(Y, Bias, Res, r0 + 3 * BM, rn, acc3, M, N, srm, sym, HAS_BIAS, HAS_RES)
 
 
 def _check(x, w, bias, residual, out_dtype) -> None:
@@ -118,12 +163,13 @@ def _check(x, w, bias, residual, out_dtype) -> None:
 
 def bi_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
               residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-              tile: tuple[int, int, int] | None = None) -> torch.Tensor:
+              tile: tuple[int, int, int] | None = None, sub: int | None = None) -> torch.Tensor:
     """x (M, K) @ w (N, K).T (+ bias (N,)) (+ residual (M, N)) → (M, N) in out_dtype (default
     x's dtype; float32 allowed). Row i of the result is bit-identical for every M and whatever
     the other rows are (see the module doc). Last dims must have unit stride. `tile` (BLOCK_N,
     BLOCK_K, warps) overrides `tile_for` — for the tile sweep of `bench kernels --only gemm`; rows
-    are invariant only among calls with the same tile."""
+    are invariant only among calls with the same tile. `sub` (row tiles per program, 1, 2 or 4)
+    overrides `sub_for(M, N)`; it never changes a row's result."""
     _check(x, w, bias, residual, out_dtype)
     m, k = x.shape
     n = w.shape[0]
@@ -134,11 +180,14 @@ def bi_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
         return y.copy_(bi_matmul_reference(x, w, bias, residual, y.dtype))
     dot_fp32 = is_interpreted(_bi_matmul_kernel) or x.dtype == torch.float32
     bn, bk, warps = tile or tile_for(n, k)
-    grid = (triton.cdiv(m, BLOCK_M), triton.cdiv(n, bn))
+    sub = sub or sub_for(m, n)
+    if sub not in SUBS:
+        raise ValueError(f"sub must be one of {SUBS}, got {sub}")
+    grid = (triton.cdiv(m, sub * BLOCK_M), triton.cdiv(n, bn))
     args = (x, w, bias if bias is not None else y, residual if residual is not None else y, y, m, n, k,
             x.stride(0), w.stride(0), residual.stride(0) if residual is not None else 0, y.stride(0))
     meta = dict(HAS_BIAS=bias is not None, HAS_RES=residual is not None, DOT_FP32=dot_fp32,
-                PREC="ieee", BM=BLOCK_M, BN=bn, BK=bk, num_warps=warps,
+                PREC="ieee", BM=BLOCK_M, BN=bn, BK=bk, SUB=sub, num_warps=warps,
                 num_stages=NUM_STAGES)
     with torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext():
         _bi_matmul_kernel[grid](*args, **meta)  # on x's GPU (a layer of a device_map model)

@@ -33,7 +33,7 @@ import triton.language as tl
 from . import is_interpreted
 
 LOG2E = 1.4426950408889634
-MIN_SPLIT_KEYS = 256   # a split-K chunk holds at least this many prefix rows (twice that below head_dim 128)
+MIN_SPLIT_KEYS = 512   # a split-K chunk holds at least this many prefix rows
 MAX_SPLITS = 16
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 FP32_PRECISION = "tf32x3"  # fp32 inputs: three tf32 products, about fp32 accuracy on tensor cores
@@ -260,12 +260,11 @@ def default_config(n: int, g: int, hkv: int, d: int, kv_bound: int, dtype: torch
         cfg = {"block_m": 16 if rows <= 16 or d >= 128 else 32, "block_n": 32, "num_warps": 4, "num_stages": 1}
     else:  # measured best on an H200 for head_dim 64 and 128 (bench kernels --sweep, docs/kernels.md)
         cfg = {"block_m": 16 if rows <= 16 else 64, "block_n": 64, "num_warps": 4, "num_stages": 3}
-    # split-K: enough programs to fill the GPU, each with a long enough run of keys that the extra
-    # combine pays; with head_dim >= 128 a key costs twice as much, so splits pay earlier.
+    # split-K: enough programs to fill the GPU once, each with a long enough run of keys that the
+    # extra combine pays (head_dim 128 too: two waves and 256-key chunks were 10-20 % slower at
+    # Qwen3-8B's heads, N 16-256, prefix 512 and 4096, on an H200; docs/kernels.md)
     ctas = triton.cdiv(rows, cfg["block_m"]) * hkv
-    big = d >= 128
-    waves, min_keys = (2, MIN_SPLIT_KEYS) if big else (1, 2 * MIN_SPLIT_KEYS)
-    cfg["splits"] = max(1, min(triton.cdiv(waves * _num_sms(device), ctas), kv_bound // min_keys, MAX_SPLITS))
+    cfg["splits"] = max(1, min(triton.cdiv(_num_sms(device), ctas), kv_bound // MIN_SPLIT_KEYS, MAX_SPLITS))
     return cfg
 
 
