@@ -260,12 +260,16 @@ def default_config(n: int, g: int, hkv: int, d: int, kv_bound: int, dtype: torch
         cfg = {"block_m": 16 if rows <= 16 or d >= 128 else 32, "block_n": 32, "num_warps": 4, "num_stages": 1}
     else:  # measured best on an H200 for head_dim 64 and 128 (bench kernels --sweep, docs/kernels.md)
         cfg = {"block_m": 16 if rows <= 16 else 64, "block_n": 64, "num_warps": 4, "num_stages": 3}
-    # split-K: as many programs as one program per SM allows (never a second, part-filled wave),
-    # each with a long enough run of keys that the extra combine pays. At Qwen3-8B's heads on an
-    # H200 (N 16-256, prefix 512 and 4096) the earlier rule (two waves, 256-key chunks) was 5-20 %
-    # slower than the best count of the sweep (docs/measured/h200-attention-sweep-qwen3-s12.json)
+    # split-K: enough programs to fill the GPU, each with a long enough run of keys that the extra
+    # combine pays. head_dim 64 (SmolLM2): one wave, rounded up. head_dim 128 (Qwen3-8B): at most
+    # two programs per SM, rounded down — on an H200 (N 16-256, prefix 512 and 4096) the rounded-up
+    # two waves with 256-key chunks of before were 5-20 % slower than the sweep's best count in 4 of
+    # 6 cells, one program per SM 28 % slower at N 256, prefix 4096
+    # (docs/measured/h200-attention-sweep-qwen3-s12*.json)
     ctas = triton.cdiv(rows, cfg["block_m"]) * hkv
-    cfg["splits"] = max(1, min(_num_sms(device) // ctas, kv_bound // MIN_SPLIT_KEYS, MAX_SPLITS))
+    sms = _num_sms(device)
+    fill = 2 * sms // ctas if d >= 128 else triton.cdiv(sms, ctas)
+    cfg["splits"] = max(1, min(fill, kv_bound // MIN_SPLIT_KEYS, MAX_SPLITS))
     return cfg
 
 
