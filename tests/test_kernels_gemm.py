@@ -350,12 +350,11 @@ def test_bi_matmul_row_tiles_per_program_do_not_change_rows():
     x, w = rand(70, 90, seed=10), rand(40, 90, seed=11) / 4
     bias, res = rand(40, seed=12), rand(70, 40, seed=13)
     one = bm.bi_matmul(x, w, bias, res, sub=1)
-    for sub in (2, 4):
-        assert torch.equal(bm.bi_matmul(x, w, bias, res, sub=sub), one), sub
+    assert torch.equal(bm.bi_matmul(x, w, bias, res, sub=2), one)
     assert torch.equal(bm.bi_matmul(x[:1], w, bias, res[:1])[0], one[0])
     torch.testing.assert_close(one, bm.bi_matmul_reference(x, w, bias, res), atol=1e-4, rtol=1e-4)
     with pytest.raises(ValueError, match="sub"):
-        bm.bi_matmul(x, w, sub=3)
+        bm.bi_matmul(x, w, sub=4)
 
 
 # ---------------------------------------------------------------- GPU: real shapes, graphed engine

@@ -7,7 +7,9 @@ over the layers and flip the argmax at near-ties, and greedy JetSpec stops equal
 greedy decoding. This kernel makes the row's result independent of M and of the other rows:
 
 - one tile config per weight (`BLOCK_M`, then `tile_for(N, K)`: BLOCK_N, BLOCK_K, warps) whatever
-  M is — no autotune, no choice by M, no split-K; BLOCK_M is small because plain decoding has M = 1;
+  M is — no autotune, no choice by M, no split-K; BLOCK_M is small because plain decoding has M = 1.
+  What M may choose (`sub_for`) is how many BLOCK_M-row tiles one program holds: each tile is still
+  its own dot with its own accumulator, so no row's instructions change;
 - each output element is one fp32 accumulator that walks K from 0 in `BLOCK_K` steps, always in
   the same order, with the same dot instruction; rows past M are masked loads of zeros and never
   enter another row's sum. M is not a specialised kernel argument (no recompile for M = 1);
@@ -50,14 +52,15 @@ def tile_for(n: int, k: int) -> tuple[int, int, int]:
     return 32, 128, 4
 
 
-SUBS = (1, 2, 4)
+SUBS = (1, 2)
 
 
 def sub_for(m: int, n: int) -> int:
     """Row tiles per program for M rows of a weight of N rows: two for the lm_head-wide weights
     of tree verifies (each program loads its W tile once for both), one elsewhere. On an H200,
     bf16, SmolLM2's lm_head (49,152 × 576): 36.1 → 31.8 µs at M = 64, 127.4 → 100.8 at M = 256;
-    the narrow weights got slower with 2 or 4 (`bench kernels --only gemm`, session 12)."""
+    the narrow weights got slower with 2 (and with 4, a variant since removed; `docs/measured/
+    h200-bi-matmul-rows-per-program.json`)."""
     return 2 if m > BLOCK_M and n >= 16384 else 1
 
 
@@ -114,8 +117,6 @@ def _bi_matmul_kernel(X, W, Bias, Res, Y, M, N, K, sxm, swn, srm, sym,
     step = BM * sxm                                                        # to the next row tile
     acc0 = tl.zeros((BM, BN), dtype=tl.float32)
     acc1 = tl.zeros((BM, BN), dtype=tl.float32)
-    acc2 = tl.zeros((BM, BN), dtype=tl.float32)
-    acc3 = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):                                            # always from 0, in order
         kmask = (k0 + rk < K)[None, :]
         b = tl.load(wp + k0, mask=(k0 + rk < K)[:, None] & nmask[None, :], other=0.0)
@@ -124,17 +125,9 @@ def _bi_matmul_kernel(X, W, Bias, Res, Y, M, N, K, sxm, swn, srm, sym,
         if SUB > 1:
             a = tl.load(xp + step + k0, mask=(r0 + BM < M)[:, None] & kmask, other=0.0)
             acc1 = _dot(a, b, acc1, DOT_FP32, PREC)
-        if SUB > 2:
-            a = tl.load(xp + 2 * step + k0, mask=(r0 + 2 * BM < M)[:, None] & kmask, other=0.0)
-            acc2 = _dot(a, b, acc2, DOT_FP32, PREC)
-            a = tl.load(xp + 3 * step + k0, mask=(r0 + 3 * BM < M)[:, None] & kmask, other=0.0)
-            acc3 = _dot(a, b, acc3, DOT_FP32, PREC)
     _row_tile(Y, Bias, Res, r0, rn, acc0, M, N, srm, sym, HAS_BIAS, HAS_RES)
     if SUB > 1:
         _row_tile(Y, Bias, Res, r0 + BM, rn, acc1, M, N, srm, sym, HAS_BIAS, HAS_RES)
-    if SUB > 2:
-        _row_tile(Y, Bias, Res, r0 + 2 * BM, rn, acc2, M, N, srm, sym, HAS_BIAS, HAS_RES)
-        _row_tile(Y, Bias, Res, r0 + 3 * BM, rn, acc3, M, N, srm, sym, HAS_BIAS, HAS_RES)
 
 
 def _check(x, w, bias, residual, out_dtype) -> None:
@@ -168,7 +161,7 @@ def bi_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None
     x's dtype; float32 allowed). Row i of the result is bit-identical for every M and whatever
     the other rows are (see the module doc). Last dims must have unit stride. `tile` (BLOCK_N,
     BLOCK_K, warps) overrides `tile_for` — for the tile sweep of `bench kernels --only gemm`; rows
-    are invariant only among calls with the same tile. `sub` (row tiles per program, 1, 2 or 4)
+    are invariant only among calls with the same tile. `sub` (row tiles per program, 1 or 2)
     overrides `sub_for(M, N)`; it never changes a row's result."""
     _check(x, w, bias, residual, out_dtype)
     m, k = x.shape
