@@ -382,9 +382,10 @@ def report(res: dict) -> str:
         lines.append(f"| {r['shape']} | {r['N']} × {r['K']} | {tuple(r['tile'])} | {tri} | {ref} | {best} |")
     subs = [r for r in res["gemm"] if "subs" in r]
     if subs:
+        cols = list(next(iter(subs[0]["subs"].values())))  # the sub values timed
         lines += ["", "Row tiles per program (`sub`), default tile, µs:", "",
-                  "| model | N × K | rows | " + " | ".join(f"sub {s}" for s in next(iter(subs[0]["subs"].values())))
-                  + " |", "|---|---|---|" + "---|" * len(next(iter(subs[0]["subs"].values())))]
+                  "| model | N × K | rows | " + " | ".join(f"sub {c}" for c in cols) + " |",
+                  "|---|---|---|" + "---|" * len(cols)]
         for r in subs:
             for m, d in r["subs"].items():
                 lines.append(f"| {r['shape']} | {r['N']} × {r['K']} | {m[1:]} | "
