@@ -212,6 +212,15 @@ def kv_compact(k_cache: torch.Tensor, v_cache: torch.Tensor, src_rows: torch.Ten
     fn(k_cache, v_cache, src_rows, dst_start, n)
 
 
+def depth_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top-k of log_softmax(x) per row of the draft's (D, V) logits → lp (D, k) fp32 descending,
+    tok (D, k) int64 (kernels/depth_topk.py: two launches instead of a log-softmax and torch.topk)."""
+    from .kernels import depth_topk as dt
+
+    fn = dt.depth_topk_triton if use_triton(x) and k <= 64 else dt.depth_topk_reference
+    return fn(x, k)
+
+
 def greedy_record(tokens, parents, depth, rank, valid, n_valid, anc, draft_logp, cum_logp, top, logits, lse,
                   ints: torch.Tensor, floats: torch.Tensor) -> None:
     """The engine's greedy accept + round record into its staging buffers. See kernels/greedy_record.py."""

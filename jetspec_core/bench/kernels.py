@@ -41,6 +41,8 @@ PREFIXES = (512, 4096)
 WALK_NODES = (16, 64, 256, 1024)
 CACHE_SHAPES = {"SmolLM2-135M": (30, 3, 64), "Qwen3-8B": (36, 8, 128)}  # (layers, Hkv, head_dim)
 TREE_BUILDERS, TREE_WIDTHS, TREE_BUDGETS = ("topb", "accum_logp"), (7, 16), (64, 256)
+TOPK_VOCABS = {"SmolLM2-135M": 49152, "Qwen3-8B": 151936}   # the draft's (15, V) bf16 logits
+TOPK_WIDTHS = (7, 16, 64)
 SWEEP = [
     {"block_m": 64, "block_n": 32, "num_warps": 8, "num_stages": 3},
     {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2},
@@ -263,6 +265,29 @@ def bench_trees(dev, timer: Timer) -> list[dict]:
     return rows
 
 
+def bench_topk(dev, timer: Timer, shapes: list[str]) -> list[dict]:
+    """The draft's per-depth top-K log-probs: log_softmax + torch.topk against the two-launch
+    kernel; `same` = the kernel picked logits equal to torch's (token ids may differ on ties)."""
+    from ..kernels import depth_topk as dt
+
+    rows = []
+    gen = torch.Generator(device=dev).manual_seed(6)
+    for shape in shapes:
+        v = TOPK_VOCABS[shape]
+        x = (torch.randn(15, v, device=dev, generator=gen) * 4).to(torch.bfloat16)
+        for k in TOPK_WIDTHS:
+            row = {"shape": shape, "vocab": v, "K": k, "plan": dt.plan(v, k),
+                   "triton_us": timer(lambda: dt.depth_topk_triton(x, k))}
+            if not timer.warmup_only:
+                row["torch_us"] = timer(lambda: dt.depth_topk_reference(x, k))
+                lp, tok = dt.depth_topk_triton(x, k)
+                lp_r, tok_r = dt.depth_topk_reference(x, k)
+                row["same"] = bool(torch.equal(x.gather(1, tok), x.gather(1, tok_r)))
+                row["max_err"] = float((lp - lp_r).abs().max())
+            rows.append(row)
+    return rows
+
+
 def bench_gemm(dev, timer: Timer, sweep: bool, shapes: list[str]) -> list[dict]:
     from ..kernels import bi_matmul as bm
 
@@ -371,6 +396,14 @@ def report(res: dict) -> str:
         lines.append(f"| {r['builder']} | {r['width']} | {r['budget']} | {_fmt(r['triton_us'])} | "
                      f"{_fmt(r.get('torch_us'))} | {ratio} | {_fmt(r.get('triton_eager_us'))} | "
                      f"{r.get('same_tree', '-')} |")
+    lines += ["", "Draft top-K (15 depths, bf16 logits; log_softmax + torch.topk vs two Triton launches):", "",
+              "| model | vocab | K | chunk × chunks | Triton | torch ops | torch / Triton | same picks | max err |",
+              "|---|---:|---:|---|---:|---:|---:|---|---:|"]
+    for r in res.get("topk", []):
+        ratio = _fmt(r["torch_us"] / r["triton_us"], 2) if r.get("torch_us") and r["triton_us"] else "-"
+        lines.append(f"| {r['shape']} | {r['vocab']} | {r['K']} | {r['plan']['C']} × {r['plan']['NC']} | "
+                     f"{_fmt(r['triton_us'])} | {_fmt(r.get('torch_us'))} | {ratio} | {r.get('same', '-')} | "
+                     f"{_fmt(r.get('max_err'), 7)} |")
     lines += ["", "Batch-invariant matmul vs torch.mm (cuBLAS), bf16, µs at M = 1 / 64 / 256:", "",
               "| model | N × K | tile (BN, BK, warps) | Triton | torch.mm | best swept tile: M = 1 / 64 / 256 |",
               "|---|---|---|---|---|---|"]
@@ -407,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rep", type=int, default=20, help="milliseconds of timed repetitions per eager measurement")
     ap.add_argument("--sweep", action="store_true", help="also try other tile configs and split counts in every cell")
     ap.add_argument("--warmup-only", action="store_true", help="compile every variant once, time nothing")
-    ap.add_argument("--only", choices=["attention", "walks", "compaction", "trees", "gemm", "kl"], default=None)
+    ap.add_argument("--only", choices=["attention", "walks", "compaction", "trees", "topk", "gemm", "kl"], default=None)
     ap.add_argument("--shape", choices=list(HEAD_SHAPES), action="append", default=None,
                     help="model shape(s) for the attention, gemm and kl sections (default: all)")
     a = ap.parse_args(argv)
@@ -419,10 +452,11 @@ def main(argv: list[str] | None = None) -> int:
     timer = Timer(a.rep, a.warmup_only)
     res = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "triton": triton.__version__,
            "python": platform.python_version(), "rep_ms": a.rep, "attention": [], "walks": [], "compaction": [],
-           "trees": [], "gemm": [], "kl": []}
+           "trees": [], "topk": [], "gemm": [], "kl": []}
     sections = {"attention": lambda: bench_attention(dev, timer, a.sweep, a.shape or list(HEAD_SHAPES)),
                 "walks": lambda: bench_walks(dev, timer), "compaction": lambda: bench_compaction(dev, timer),
                 "trees": lambda: bench_trees(dev, timer),
+                "topk": lambda: bench_topk(dev, timer, a.shape or list(TOPK_VOCABS)),
                 "gemm": lambda: bench_gemm(dev, timer, a.sweep, a.shape or list(HEAD_SHAPES)),
                 "kl": lambda: bench_kl(dev, timer, a.shape or list(KL_SHAPES))}
     for name, run in sections.items():

@@ -182,18 +182,24 @@ def root_only(root: torch.Tensor, n_nodes: int) -> StaticTree:
 
 
 def build_static(builder: str, depth_logp: torch.Tensor, root: torch.Tensor, width: int, depth: int,
-                 budget: int, n_nodes: int, calibration=None, out: tuple | None = None) -> StaticTree:
+                 budget: int, n_nodes: int, calibration=None, out: tuple | None = None,
+                 logits: bool = False) -> StaticTree:
     """The tree of `builder` from depth_logp (D, V) fp32, root 0-d long; n_nodes ≥ budget. With a
     `Calibration` the nodes are chosen by calibrated scores and the tree records the raw log-probs.
     out: `tree_outputs` buffers the Triton kernel (`kernels/tree_build.py`) writes into when it runs (the
-    returned fields are then views of them; other paths return new tensors)."""
+    returned fields are then views of them; other paths return new tensors). logits: depth_logp holds
+    the draft's logits (any float dtype); the per-depth top-K of their log-softmax is taken in one
+    pass (`backend.depth_topk`)."""
     if builder not in BUILDERS:
         raise ValueError(f"no static builder {builder!r}")
     d = min(depth, depth_logp.shape[0])
     if budget <= 1 or d == 0:
         return root_only(root, n_nodes)
     k = 1 if builder == "chain" else min(width, depth_logp.shape[-1])
-    lp, tok = torch.topk(depth_logp[:d].float(), k, dim=-1)               # (d, K) descending
+    if logits:
+        lp, tok = backend.depth_topk(depth_logp[:d], k)                   # (d, K) descending
+    else:
+        lp, tok = torch.topk(depth_logp[:d].float(), k, dim=-1)
     if calibration is not None:
         lp = lp.clamp(min=FLOOR)
     score = lp if calibration is None else calibration.apply(lp)

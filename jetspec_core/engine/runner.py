@@ -240,12 +240,13 @@ class FastDecoder(Decoder):
     # -- the phases (static shapes; device tensors in, device tensors out) ---------------------
     def _draft(self) -> None:
         s = self.state
-        s.d_logp = s.sh.draft(s.root, s.prefix)                        # (D, V)
+        s.d_logp = s.sh.draft(s.root, s.prefix)                        # (D, V) logits
 
     def _tree(self, n: int, builder: str, width: int, depth: int, budget: int, calibrated: bool) -> None:
         s = self.state
         t = build_static(builder, s.d_logp, s.root, width, depth, budget, n,
-                         self.head.calibration if calibrated else None, out=s.packed[n])
+                         self.head.calibration if calibrated else None, out=s.packed[n],
+                         logits=self.head is not None)   # a host drafter hands log-probs
         buf = s.trees[n]
         for f in StaticTree.FIELDS:  # the fields the kernel did not write in place
             dst, src = getattr(buf, f), getattr(t, f)

@@ -380,7 +380,8 @@ class StaticHead:
 
     def draft(self, root: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """One head forward over [root, MASK × (B−1)] at positions prefix + slot, seeing the
-        context rows [0, prefix). Returns log-probs (B−1, V) fp32 for depths 1..B−1."""
+        context rows [0, prefix). Returns the logits (B−1, V) for depths 1..B−1, in the target's dtype
+        (the tree step takes the top-K of their log-softmax, `backend.depth_topk`)."""
         c, f, t = self.c, self.fused, self.target
         ids = torch.where(self.slot == 0, root, c.mask_token_id)
         x = F.embedding(ids, t.model.embed).to(self.dtype)                 # (B, H)
@@ -395,5 +396,4 @@ class StaticHead:
             h = f.rms_norm(x, w.ln2, c.rms_norm_eps)
             x.addmm_(f.silu_mul(F.linear(h, w.gu)), w.down.t())
         out = f.rms_norm(x, self.head.norm.data, c.rms_norm_eps)[1:]     # (B−1, H)
-        logits = F.linear(out.to(t.dtype), t.model.lm_head).float()
-        return torch.log_softmax(logits, dim=-1)
+        return F.linear(out.to(t.dtype), t.model.lm_head)
