@@ -103,6 +103,28 @@ def test_kernel_equals_tensor_ops(builder, case):
     check(builder, *case, seed=sum(case[:3]))
 
 
+@pytest.mark.parametrize("case", [(4, 7, 64, "random"), (5, 4, 64, "ties"), (6, 16, 37, "floor"),
+                                  (2, 7, 128, "flat"), (15, 2, 64, "random"), (3, 16, 256, "ties")],
+                         ids=lambda c: "-".join(map(str, c)))
+def test_pruned_topb_equals_tensor_ops(case, monkeypatch):
+    """topb with the running-threshold pruning forced on for narrow levels too (by default only
+    levels sorted 512 wide or more prune): the same tree as the unpruned tensor ops."""
+    monkeypatch.setattr(tb, "PRUNE_FROM", 16)
+    d, k, budget, _ = case
+    assert tb._plan("topb", d, k, budget, bucket_for(budget), 16)["PRUNE"]
+    check("topb", *case, seed=sum(case[:3]))
+
+
+def test_pruned_topb_on_sharp_wide_levels():
+    """Budget 256, K = 16, peaked per-depth distributions (as a trained head gives): the levels
+    past the first few fall under the threshold, and the tree is still the reference's."""
+    gen = torch.Generator().manual_seed(5)
+    lp = torch.log_softmax(torch.randn(6, 200, generator=gen) * 4, -1).to(DEV)
+    assert tb._plan("topb", 6, 16, 256, 256)["PRUNE"]
+    got, ref = both("topb", lp, 16, 256, depth=6)
+    assert_same(got, ref, "sharp")
+
+
 def test_ties_break_shallower_first_then_lower_entry():
     """All four candidates have cum 0: the depth-1 nodes first, then the children of the
     first depth-1 node (its lower rank first)."""

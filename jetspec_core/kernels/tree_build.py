@@ -15,8 +15,14 @@ reference.
    and the log-probs are sorted, the (s+1)(j+1) − 1 candidates s' ≤ s, j' ≤ j all come first,
    so only (s+1)(j+1) ≤ size can be kept: those are compacted into scratch and sorted (about
    KEEP·ln K of them instead of KEEP·K).
+   topb with wide levels (sorts of PRUNE_FROM keys or more) prunes as it goes: after each level
+   the best TAKE values so far are merged into a small sorted buffer, whose TAKE-th value is a
+   lower bound of the final cut; later candidates below it can be no node (values only fall with
+   depth), so they are never sorted or kept. What a level keeps is a prefix of what it would keep
+   unpruned, so entry order, ties and the result are unchanged; with a trained head's peaked
+   distributions most levels past the third hold few or no candidates and sort 64 or 256 wide.
 2. One sort of all kept entries (level-major index, so on ties the shallower first) gives the
-   global order. topb: its first budget − 1 entries are the nodes. accum_logp / top2gap: its
+   global order (topb: only the entries at or above the final cut, compacted first). topb: its first budget − 1 entries are the nodes. accum_logp / top2gap: its
    first E entries are expanded in that order, each adding min(fanout, budget left) children;
    an exclusive cumulative sum gives each child's node index.
 3. A table entry → node index (scratch) turns parent entries into parent node indices; root and
@@ -38,6 +44,7 @@ from ..engine.gpu_tree import BUILDERS, FLOOR, StaticTree, _sizes, tree_outputs,
 from ..tree import TOP2GAP_NATS
 
 MAX_SORT = 8192  # widest tl.sort (int64 keys) one program does; larger trees use the tensor ops
+PRUNE_FROM = 512  # topb prunes by a running threshold when its level sorts are at least this wide
 SENTINEL = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # sorts after every real key
 
 
@@ -69,12 +76,45 @@ def _logp(LP, row, j, mask, K, FLOOR_: tl.constexpr, GAP: tl.constexpr, TOP2GAP:
     return v
 
 
+@triton.jit
+def _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
+          W: tl.constexpr, PRUNE: tl.constexpr, FLOOR_: tl.constexpr, GAP: tl.constexpr, TOP2GAP: tl.constexpr):
+    """Sort a level's `total` candidate keys (W ≥ total wide), keep the best `size` (PRUNE: and
+    only those ≥ thr, a prefix of them) as entries base, base + 1, ...; returns how many."""
+    c = tl.arange(0, W)
+    kk = tl.sort(tl.load(KEY + c, mask=c < total, other=SENTINEL, volatile=True))
+    idx = _index(kk)                                                   # (W,) best first
+    kept = (c < size) & (c < total)
+    ps = tl.where(kept, idx // K, 0)
+    pj = tl.where(kept, idx % K, 0)
+    val = tl.load(CUM + pbase + ps, mask=kept, other=0.0, volatile=True) \
+        + _logp(LP, t - 1, pj, kept, K, FLOOR_, GAP, TOP2GAP)
+    if PRUNE:
+        kept = kept & (val >= thr)
+    tl.store(CUM + base + c, val, mask=kept)
+    tl.store(IDX + base + c, pbase + ps, mask=kept)                    # PAR
+    tl.store(IDX + ENTRIES + base + c, pj, mask=kept)                  # RANK
+    tl.store(IDX + 2 * ENTRIES + base + c, tl.zeros([W], tl.int32) + t, mask=kept)   # LEVEL
+    return tl.sum(kept.to(tl.int32), 0)
+
+
+@triton.jit
+def _order(KEY, IDX, cnt, TAKE, ENTRIES, W: tl.constexpr):
+    """The global order of `cnt` entry keys (W ≥ cnt wide): the first TAKE become nodes 1..TAKE."""
+    q = tl.arange(0, W)
+    order = _index(tl.sort(tl.load(KEY + q, mask=q < cnt, other=SENTINEL, volatile=True)))
+    sel = q < TAKE
+    tl.store(IDX + 3 * ENTRIES + order, q + 1, mask=sel)              # NODE
+    tl.store(IDX + 4 * ENTRIES + q, order, mask=sel)                  # ENT
+
+
 @triton.jit(do_not_specialize=["K", "D", "NL", "KEEP", "BUDGET", "ENTRIES", "TAKE", "N"])
-def _tree_kernel(LP, TOK, ROOT, I64, F32, U8, CUM, IDX, KEY,
+def _tree_kernel(LP, TOK, ROOT, I64, F32, U8, CUM, IDX, KEY, RBUF,
                  K, D, NL, KEEP, BUDGET, ENTRIES, TAKE, N,
                  LB: tl.constexpr, KB: tl.constexpr, CB: tl.constexpr, GB: tl.constexpr,
-                 EB: tl.constexpr, NB: tl.constexpr, ZR: tl.constexpr,
-                 EXPAND: tl.constexpr, TOP2GAP: tl.constexpr, FLOOR_: tl.constexpr, GAP: tl.constexpr):
+                 EB: tl.constexpr, NB: tl.constexpr, ZR: tl.constexpr, RB: tl.constexpr,
+                 EXPAND: tl.constexpr, TOP2GAP: tl.constexpr, PRUNE: tl.constexpr,
+                 FLOOR_: tl.constexpr, GAP: tl.constexpr):
     # scratch, one row of ENTRIES each: by entry g (level-major: root 0, then depth 1, ...)
     # CUM (f32), PAR (parent entry), RANK, LEVEL, NODE (node index, or first child's); by
     # position q in the global order: ENT (the entry there), CNT and FIRST (its children)
@@ -101,49 +141,72 @@ def _tree_kernel(LP, TOK, ROOT, I64, F32, U8, CUM, IDX, KEY,
     tl.store(IDX + NODE, 0)
     tl.debug_barrier()
 
-    # 1. the best `size` nodes of depth t from the `prev` kept ones of depth t-1 (at pbase)
+    # 1. the best `size` nodes of depth t from the `prev` kept ones of depth t-1 (at pbase).
+    # PRUNE (topb with wide levels): thr is the TAKE-th best value of all entries so far (RBUF
+    # keeps the best RB values, -inf padded), a lower bound of the final cut: candidates below
+    # it can be no node, nor can their descendants (values only fall with depth), so they are
+    # not kept; what is kept is a prefix of the unpruned level, so entry order and ties are as
+    # without pruning. Levels with few candidates left then sort narrow blocks.
     s = tl.arange(0, LB)
     j = tl.arange(0, KB)
-    c = tl.arange(0, CB)
     prev = one
     pbase = one * 0
     base = one
+    thr = tl.full((), float("-inf"), tl.float32)
+    if PRUNE:
+        rr = tl.arange(0, 2 * RB)
+        tl.store(RBUF + rr, tl.full([2 * RB], float("-inf"), tl.float32))
     for t in range(1, NL + 1):
         size = tl.minimum(prev * K, KEEP)
         per_row = tl.where(s < prev, tl.minimum(size // (s + 1), K), 0)    # pruned: (s+1)(j+1) ≤ size
-        off = tl.cumsum(per_row, 0) - per_row
-        total = tl.sum(per_row, 0)
         pcum = tl.load(CUM + pbase + s, mask=s < prev, other=0.0, volatile=True)
         lpr = _logp(LP, t - 1, j, j < K, K, FLOOR_, GAP, TOP2GAP)
+        cand = pcum[:, None] + lpr[None, :]                                # (LB, KB)
+        if PRUNE:  # lpr descends, so the candidates ≥ thr of a row are a prefix of it
+            fit = (cand >= thr) & (j[None, :] < K)
+            per_row = tl.minimum(per_row, tl.sum(fit.to(tl.int32), 1))
+        off = tl.cumsum(per_row, 0) - per_row
+        total = tl.sum(per_row, 0)
         take = j[None, :] < per_row[:, None]                               # (LB, KB)
-        keys = _key(pcum[:, None] + lpr[None, :], s[:, None] * K + j[None, :])
+        keys = _key(cand, s[:, None] * K + j[None, :])
         tl.store(KEY + off[:, None] + j[None, :], keys, mask=take)
         tl.debug_barrier()
-        kk = tl.sort(tl.load(KEY + c, mask=c < total, other=SENTINEL, volatile=True))
-        idx = _index(kk)                                                   # (CB,) best first
-        kept = c < size
-        ps = tl.where(kept, idx // K, 0)
-        pj = tl.where(kept, idx % K, 0)
-        val = tl.load(CUM + pbase + ps, mask=kept, other=0.0, volatile=True) \
-            + _logp(LP, t - 1, pj, kept, K, FLOOR_, GAP, TOP2GAP)
-        tl.store(CUM + base + c, val, mask=kept)
-        tl.store(IDX + PAR + base + c, pbase + ps, mask=kept)
-        tl.store(IDX + RANK + base + c, pj, mask=kept)
-        tl.store(IDX + LEVEL + base + c, tl.zeros([CB], tl.int32) + t, mask=kept)
+        if PRUNE:  # the narrowest sort that holds the level (nothing once a level is empty)
+            cnt = total * 0
+            if total > 256:
+                cnt = _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
+                            CB, PRUNE, FLOOR_, GAP, TOP2GAP)
+            elif total > 64:
+                cnt = _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
+                            256, PRUNE, FLOOR_, GAP, TOP2GAP)
+            elif total > 0:
+                cnt = _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
+                            64, PRUNE, FLOOR_, GAP, TOP2GAP)
+        else:
+            cnt = _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
+                        CB, PRUNE, FLOOR_, GAP, TOP2GAP)
         tl.debug_barrier()
+        if PRUNE:  # merge the level's best RB values into RBUF[0, RB); thr = its TAKE-th
+            if cnt > 0:
+                r = tl.arange(0, RB)
+                tl.store(RBUF + RB + r, tl.load(CUM + base + r, mask=r < cnt, other=float("-inf"), volatile=True))
+                tl.debug_barrier()
+                merged = tl.sort(tl.load(RBUF + rr, volatile=True), descending=True)
+                tl.debug_barrier()
+                tl.store(RBUF + rr, merged)
+                tl.debug_barrier()
+                thr = tl.load(RBUF + TAKE - 1, volatile=True)
         pbase = base
-        base = base + size
-        prev = size
+        base = base + cnt
+        prev = cnt
 
     # 2. the global order of all entries (level-major index: the shallower first on ties)
     g = tl.arange(0, GB)
-    ok = g < ENTRIES
-    if not EXPAND:
-        ok = ok & (g > 0)                                                  # the root is no candidate
-    gcum = tl.load(CUM + g, mask=ok, other=0.0, volatile=True)
-    order = _index(tl.sort(tl.where(ok, _key(gcum, g), SENTINEL)))          # (GB,) entry at position q
-    sel = g < TAKE
     if EXPAND:  # entries expand in this order, each adds min(fanout, budget left) children
+        ok = g < ENTRIES
+        gcum = tl.load(CUM + g, mask=ok, other=0.0, volatile=True)
+        order = _index(tl.sort(tl.where(ok, _key(gcum, g), SENTINEL)))      # (GB,) entry at position q
+        sel = g < TAKE
         ecum = tl.load(CUM + order, mask=sel, other=float("-inf"), volatile=True)
         level = tl.load(IDX + LEVEL + order, mask=sel, other=0, volatile=True)
         fan = tl.zeros([GB], tl.int32) + K
@@ -159,10 +222,22 @@ def _tree_kernel(LP, TOK, ROOT, I64, F32, U8, CUM, IDX, KEY,
         tl.store(IDX + NODE + order, first, mask=sel)
         tl.store(IDX + CNT + g, count, mask=sel)
         tl.store(IDX + FIRST + g, first, mask=sel)
-    else:
+        tl.store(IDX + ENT + g, order, mask=sel)
+    else:  # topb: the first TAKE of the order (root excluded) are the nodes
         n_valid = one * (TAKE + 1)
-        tl.store(IDX + NODE + order, g + 1, mask=sel)
-    tl.store(IDX + ENT + g, order, mask=sel)
+        ok = (g > 0) & (g < base)                                          # base: the entries made
+        gcum = tl.load(CUM + g, mask=ok, other=float("-inf"), volatile=True)
+        inn = ok & (gcum >= thr)                                           # the rest can be no node
+        ii = inn.to(tl.int32)
+        cnt = tl.sum(ii, 0)
+        tl.store(KEY + tl.cumsum(ii, 0) - ii, _key(gcum, g), mask=inn)      # compacted, in entry order
+        tl.debug_barrier()
+        if cnt <= 256:
+            _order(KEY, IDX, cnt, TAKE, ENTRIES, 256)
+        elif cnt <= 1024:
+            _order(KEY, IDX, cnt, TAKE, ENTRIES, 1024)
+        else:
+            _order(KEY, IDX, cnt, TAKE, ENTRIES, GB)
     tl.debug_barrier()
 
     # 3. the nodes, from the selected entries (q < TAKE) reloaded compactly
@@ -226,10 +301,11 @@ def _pow2(n: int, least: int = 16) -> int:
 
 
 @lru_cache(maxsize=None)
-def _plan(builder: str, d: int, k: int, budget: int, n_nodes: int) -> dict:
+def _plan(builder: str, d: int, k: int, budget: int, n_nodes: int, prune_from: int | None = None) -> dict:
     """Static sizes of one tree shape: levels NL, kept per depth KEEP, entries (root + kept
     nodes), selected entries TAKE (runtime ints), and the block sizes (powers of two) and
-    builder flags (constexpr: one compiled variant per combination)."""
+    builder flags (constexpr: one compiled variant per combination). PRUNE: `topb` whose level
+    sorts are at least `prune_from` (default PRUNE_FROM) wide."""
     expand = builder in ("accum_logp", "top2gap")
     top2gap = builder == "top2gap" and k > 1
     keep = budget - 1 if (top2gap or not expand) else math.ceil((budget - 1) / k)
@@ -239,10 +315,12 @@ def _plan(builder: str, d: int, k: int, budget: int, n_nodes: int) -> dict:
     take = min(keep, entries - (0 if expand else 1))
     cand = max([sum(min(k, size // (s + 1)) for s in range(prev))             # a level's candidates
                 for prev, size in zip([1] + sizes, sizes)] + [1])             # after pruning
+    cb = _pow2(cand)
     return dict(K=k, D=d, NL=nl, KEEP=keep, BUDGET=budget, ENTRIES=entries, TAKE=take, N=n_nodes,
-                LB=_pow2(max(sizes + [1])), KB=_pow2(k, 2), CB=_pow2(cand), GB=_pow2(entries),
-                EB=_pow2(take), NB=_pow2(n_nodes), ZR=max(1, 4096 // _pow2(n_nodes)),
-                EXPAND=expand, TOP2GAP=top2gap)
+                LB=_pow2(max(sizes + [1])), KB=_pow2(k, 2), CB=cb, GB=_pow2(entries),
+                EB=_pow2(take), NB=_pow2(n_nodes), ZR=max(1, 4096 // _pow2(n_nodes)), RB=_pow2(take),
+                EXPAND=expand, TOP2GAP=top2gap,
+                PRUNE=not expand and cb >= (PRUNE_FROM if prune_from is None else prune_from))
 
 
 def supports(builder: str, d: int, k: int, budget: int, n_nodes: int) -> bool:
@@ -280,7 +358,7 @@ def build_tree_triton(builder: str, lp: torch.Tensor, tok: torch.Tensor, root: t
     tok (d, K) int64 their tokens, root 0-d int64 → the StaticTree of n_nodes rows, written into
     `out` (`tree_outputs(n_nodes)` buffers, e.g. the engine's persistent tree) when given."""
     _check(builder, lp, tok, root, budget, n_nodes)
-    p = _plan(builder, lp.shape[0], lp.shape[1], budget, n_nodes)
+    p = _plan(builder, lp.shape[0], lp.shape[1], budget, n_nodes, PRUNE_FROM)
     dev = lp.device
     n = n_nodes
     ints, floats, flags = out if out is not None else tree_outputs(n, dev)
@@ -288,7 +366,8 @@ def build_tree_triton(builder: str, lp: torch.Tensor, tok: torch.Tensor, root: t
     assert ints.device == floats.device == flags.device == dev and flags.dtype == torch.uint8
     cum = torch.empty(p["ENTRIES"], dtype=torch.float32, device=dev)
     idx = torch.empty(7 * p["ENTRIES"], dtype=torch.int32, device=dev)
-    keys = torch.empty(p["CB"], dtype=torch.int64, device=dev)
-    _tree_kernel[(1,)](lp, tok, root, ints, floats, flags, cum, idx, keys, **p,
+    keys = torch.empty(max(p["CB"], p["GB"]), dtype=torch.int64, device=dev)
+    rbuf = torch.empty(2 * p["RB"], dtype=torch.float32, device=dev)
+    _tree_kernel[(1,)](lp, tok, root, ints, floats, flags, cum, idx, keys, rbuf, **p,
                        FLOOR_=FLOOR, GAP=TOP2GAP_NATS, num_warps=4 if p["GB"] <= 1024 else 8)
     return tree_views(ints, floats, flags, n)
