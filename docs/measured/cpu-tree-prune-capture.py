@@ -1,0 +1,17 @@
+import torch, sys
+sys.path.insert(0, "/work/main")
+from jetspec_core.loading import load_decoder
+from jetspec_core.config import DecodeConfig
+loaded = load_decoder(head="assets/head", device="cpu", dtype="float32")
+dec = loaded.decoder
+ids = loaded.target.encode_prompt("Write a Python function that returns the n-th Fibonacci number.")
+# capture the drafter's per-depth log-probs over a few rounds
+dr = dec.drafter
+got = []
+orig = dr.propose
+def spy(*a, **k):
+    out = orig(*a, **k); got.append(out.detach().clone()); return out
+dr.propose = spy
+dec.generate(ids, DecodeConfig(budget=64, builder="topb", width=16, max_new_tokens=40, calibrate=False))
+torch.save(got, "/tmp/dlogp.pt"  )
+print(len(got), got[0].shape)
