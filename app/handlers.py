@@ -31,6 +31,8 @@ SETTINGS = ("budget", "width", "depth", "builder", "temperature", "top_k", "top_
 TEXT_EVERY_S = 0.1     # at most ~10 text updates a second
 FIGURES_EVERY_S = 1.0  # the plots redraw about once a second while streaming (the browser's cost), and at the end
 PLAIN_PLACEHOLDER = "side by side mode shows plain decoding of the same prompt here"
+WARMING = ("preparing {mode}: the first run of this budget and tree setting builds the engine's steps "
+           "(on a GPU: compiles kernels and captures CUDA graphs, up to a minute); later runs start at once")
 
 
 def user_errors(fn: Callable) -> Callable:
@@ -82,8 +84,10 @@ class Handlers:
         title = (f"Step {rec.index}: plain decoding has no draft tree (1 node)" if run.mode == "plain" else None)
         return F.tree_figure(rec, self.studio.token_text, title=title)
 
-    def _view(self, trace: Trace, heavy: bool, download=None, current: Run | None = None) -> tuple:
-        """Component values in `OUTPUTS` order; the light view (text, stats) skips the plots."""
+    def _view(self, trace: Trace, heavy: bool, download=None, current: Run | None = None,
+              note: str | None = None) -> tuple:
+        """Component values in `OUTPUTS` order; the light view (text, stats) skips the plots. note:
+        the line under the stats (default: "running <mode>…" while a run is on)."""
         s = self.studio
         main = trace.primary
         side = trace.mode == "side_by_side"
@@ -100,7 +104,8 @@ class Handlers:
             speed = F.speedup(spec.records, plain.records)
             agree = agreement_card(plain.token_ids, spec.token_ids, spec.cfg.greedy, _done(spec), s.token_text)
         stats = live_stats(cur.records if cur else [], cur.mode if cur else "", speed, agreement=agree,
-                           note=f"running {cur.mode}…" if cur and not _done(cur) else "", run_id=trace.id,
+                           note=note if note is not None else f"running {cur.mode}…" if cur and not _done(cur) else "",
+                           run_id=trace.id,
                            state="done" if download is not None else "running")
         if not heavy:
             return (out, plain_html, stats) + (skip,) * 8 + (download or skip, trace)
@@ -132,6 +137,8 @@ class Handlers:
             run = Run(m, cfg, ids)
             trace.runs[m] = run
             last_text = last_fig = 0.0
+            if s.warming(run):  # say why the first round takes a while
+                yield self._view(trace, False, current=run, note=WARMING.format(mode=m))
             for rec in s.stream(run):
                 now = time.perf_counter()
                 heavy = now - last_fig >= FIGURES_EVERY_S

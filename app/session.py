@@ -243,6 +243,12 @@ class Studio:
             return Decoder(self.target, HeadDrafter(self.head, self.target.model))
         return Decoder(self.target, None)
 
+    def warming(self, run: Run) -> bool:
+        """Whether `run` waits before its first round while the shared engine builds its steps
+        (first use of a budget/builder/width on a GPU: Triton compiles and CUDA-graph captures)."""
+        ready = getattr(self.engine, "ready", None)
+        return ready is not None and not ready(len(run.prompt_ids), run.cfg)
+
     def stream(self, run: Run) -> Iterator[RoundRecord]:
         """Decode `run`, appending and yielding its records; stops at the time limit. GPU (or
         host) out-of-memory becomes a JetSpecError."""

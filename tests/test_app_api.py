@@ -233,6 +233,36 @@ def test_shared_engine_serves_one_request_at_a_time(loaded, studio):
     assert fast.run("jetspec", ids[0], cfg).token_ids == refs[0]
 
 
+def test_first_run_of_a_setting_says_it_is_preparing(loaded):
+    """The shared engine builds a setting's steps on its first run (on a GPU: kernel compiles and
+    graph captures, up to a minute): the UI's first update says so; a repeat starts at once."""
+    from jetspec_core.loading import Loaded, make_decoder
+
+    from app.handlers import Handlers
+    from app.session import Run, Studio
+
+    fast = Studio(Loaded(loaded.target, make_decoder(loaded.target, loaded.decoder.drafter, "fast"),
+                         loaded.head_desc))
+    h = Handlers(fast)
+    args = ("What is 2 + 2?", "jetspec", 4, 3, 4, "accum_logp", 0.0, 0, 1.0, 0, 3)
+
+    def first_note():
+        gen = h.generate(*args)
+        stats = next(gen)[2]
+        list(gen)
+        return stats
+
+    cfg = fast.config("jetspec", budget=4, width=3, depth=4, max_new_tokens=3)
+    run = Run("jetspec", cfg, fast.encode("What is 2 + 2?"))
+    assert fast.warming(run)
+    assert "preparing jetspec" in first_note()
+    assert not fast.warming(run)
+    assert "preparing" not in first_note()
+    assert fast.warming(Run("jetspec", fast.config("jetspec", budget=8, max_new_tokens=3), run.prompt_ids))
+    assert not fast.warming(Run("jetspec", fast.config("jetspec", budget=4, width=3, depth=4, max_new_tokens=3,
+                                                        temperature=0.8), run.prompt_ids))  # sampling: no steps
+
+
 @pytest.mark.gpu
 def test_shared_graphed_engine_on_gpu():
     """On CUDA the app shares one graphed FastDecoder: requests from several threads (as Gradio

@@ -216,22 +216,42 @@ class FastDecoder(Decoder):
                     s.steps[k] = Step(st.fn, st.name, False)
         return s.steps[key]
 
+    def _shape(self, prompt_len: int, cfg: DecodeConfig) -> tuple[bool, int, int]:
+        """(speculative, tree bucket n, KV rows needed) of a greedy request."""
+        speculative = cfg.mode == "jetspec" and cfg.budget > 1 and self.drafter is not None
+        n = bucket_for(cfg.budget) if speculative else 1
+        # room for the prompt, the output, and two rounds of scratch rows (one queued ahead)
+        return speculative, n, prompt_len + cfg.max_new_tokens + 2 * (n + self.d1) + 8
+
+    def _plan(self, cfg: DecodeConfig, speculative: bool, n: int) -> list[tuple | None]:
+        """(step key, function) of each phase of one round for this config (None: a host drafter)."""
+        if not speculative:
+            return [(("plain",), self._plain_step)]
+        depth = min(cfg.depth, self.max_depth)
+        cal = bool(cfg.calibrate and self.head is not None and self.head.calibration is not None)
+        return [(("draft",), self._draft) if self.head is not None else None,
+                (("tree", n, cfg.builder, cfg.width, depth, cfg.budget, cal),
+                 lambda: self._tree(n, cfg.builder, cfg.width, depth, cfg.budget, cal)),
+                (("verify", n), lambda: self._verify(n)),
+                (("accept", n), lambda: self._accept(n, True))]
+
+    def ready(self, prompt_len: int, cfg: DecodeConfig) -> bool:
+        """Whether a request starts at once: its steps are built (on CUDA: kernels compiled, graphs
+        captured) and the KV cache is big enough. False means the first round waits for that
+        (seconds to a minute on a GPU, once per setting); sampling runs the reference loop: True."""
+        if not self.supports(cfg):
+            return True
+        speculative, n, rows = self._shape(prompt_len, cfg)
+        if self.state is None or self.state.capacity < rows:
+            return False
+        return all(item is None or item[0] in self.state.steps for item in self._plan(cfg, speculative, n))
+
     def _prepare(self, cfg: DecodeConfig, speculative: bool, n: int) -> list[Step | None]:
         """The steps of one round for this config, captured now (before the prefill) if new."""
-        if not speculative:
-            self.state.tree_buffers(1)
-            plan = [(("plain",), self._plain_step)]
-        else:
-            depth = min(cfg.depth, self.max_depth)
-            self.state.tree_buffers(n)
-            cal = bool(cfg.calibrate and self.head is not None and self.head.calibration is not None)
-            if cal:
-                self.head.calibration.prepare(self.state.root.device)   # before any capture
-            plan = [(("draft",), self._draft) if self.head is not None else None,
-                    (("tree", n, cfg.builder, cfg.width, depth, cfg.budget, cal),
-                     lambda: self._tree(n, cfg.builder, cfg.width, depth, cfg.budget, cal)),
-                    (("verify", n), lambda: self._verify(n)),
-                    (("accept", n), lambda: self._accept(n, True))]
+        self.state.tree_buffers(n)
+        plan = self._plan(cfg, speculative, n)
+        if speculative and plan[1][0][-1]:  # calibrated scores: tables on the device before any capture
+            self.head.calibration.prepare(self.state.root.device)
         for item in plan:  # in phase order: a step's capture reads the outputs of the one before
             if item is not None:
                 self._step(*item)
@@ -363,10 +383,8 @@ class FastDecoder(Decoder):
             return
         self.check(prompt_ids, cfg)
         from ..kernels.greedy_record import unpack  # the staging buffers' layout lives with their writer
-        speculative = cfg.mode == "jetspec" and cfg.budget > 1 and self.drafter is not None
-        n = bucket_for(cfg.budget) if speculative else 1
-        # room for the prompt, the output, and two rounds of scratch rows (one queued ahead)
-        self.reserve(len(prompt_ids) + cfg.max_new_tokens + 2 * (n + self.d1) + 8)
+        speculative, n, rows = self._shape(len(prompt_ids), cfg)
+        self.reserve(rows)
         steps = self._prepare(cfg, speculative, n)
         eos = self.target.eos_ids if cfg.stop_at_eos else frozenset()
         if self.target.device.type == "cuda":
