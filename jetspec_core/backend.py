@@ -214,7 +214,7 @@ def kv_compact(k_cache: torch.Tensor, v_cache: torch.Tensor, src_rows: torch.Ten
 
 def depth_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The top-k of log_softmax(x) per row of the draft's (D, V) logits → lp (D, k) fp32 descending,
-    tok (D, k) int64 (kernels/depth_topk.py: two launches instead of a log-softmax and torch.topk)."""
+    tok (D, k) int64 (kernels/depth_topk.py: three small launches instead of a log-softmax and torch.topk)."""
     from .kernels import depth_topk as dt
 
     fn = dt.depth_topk_triton if use_triton(x) and k <= 64 else dt.depth_topk_reference

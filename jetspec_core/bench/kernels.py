@@ -266,7 +266,7 @@ def bench_trees(dev, timer: Timer) -> list[dict]:
 
 
 def bench_topk(dev, timer: Timer, shapes: list[str]) -> list[dict]:
-    """The draft's per-depth top-K log-probs: log_softmax + torch.topk against the two-launch
+    """The draft's per-depth top-K log-probs: log_softmax + torch.topk against the three-launch
     kernel; `same` = the kernel picked logits equal to torch's (token ids may differ on ties)."""
     from ..kernels import depth_topk as dt
 
@@ -396,7 +396,7 @@ def report(res: dict) -> str:
         lines.append(f"| {r['builder']} | {r['width']} | {r['budget']} | {_fmt(r['triton_us'])} | "
                      f"{_fmt(r.get('torch_us'))} | {ratio} | {_fmt(r.get('triton_eager_us'))} | "
                      f"{r.get('same_tree', '-')} |")
-    lines += ["", "Draft top-K (15 depths, bf16 logits; log_softmax + torch.topk vs two Triton launches):", "",
+    lines += ["", "Draft top-K (15 depths, bf16 logits; log_softmax + torch.topk vs three Triton launches):", "",
               "| model | vocab | K | chunk × chunks | Triton | torch ops | torch / Triton | same picks | max err |",
               "|---|---:|---:|---|---:|---:|---:|---|---:|"]
     for r in res.get("topk", []):

@@ -228,12 +228,16 @@ class FastDecoder(Decoder):
         if not speculative:
             return [(("plain",), self._plain_step)]
         depth = min(cfg.depth, self.max_depth)
-        cal = bool(cfg.calibrate and self.head is not None and self.head.calibration is not None)
+        cal = self._calibrated(cfg)
         return [(("draft",), self._draft) if self.head is not None else None,
                 (("tree", n, cfg.builder, cfg.width, depth, cfg.budget, cal),
                  lambda: self._tree(n, cfg.builder, cfg.width, depth, cfg.budget, cal)),
                 (("verify", n), lambda: self._verify(n)),
                 (("accept", n), lambda: self._accept(n, True))]
+
+    def _calibrated(self, cfg: DecodeConfig) -> bool:
+        """Whether the tree takes the head's calibrated scores (its `calibration.json`)."""
+        return bool(cfg.calibrate and self.head is not None and self.head.calibration is not None)
 
     def ready(self, prompt_len: int, cfg: DecodeConfig) -> bool:
         """Whether a request starts at once: its steps are built (on CUDA: kernels compiled, graphs
@@ -250,7 +254,7 @@ class FastDecoder(Decoder):
         """The steps of one round for this config, captured now (before the prefill) if new."""
         self.state.tree_buffers(n)
         plan = self._plan(cfg, speculative, n)
-        if speculative and plan[1][0][-1]:  # calibrated scores: tables on the device before any capture
+        if speculative and self._calibrated(cfg):  # the score tables on the device before any capture
             self.head.calibration.prepare(self.state.root.device)
         for item in plan:  # in phase order: a step's capture reads the outputs of the one before
             if item is not None:
