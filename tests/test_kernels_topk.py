@@ -79,6 +79,21 @@ def test_plan_keeps_at_least_k_chunks():
     assert dt.plan(97, 7)["NC"] >= 7 and dt.plan(97, 64)["C"] == 16  # tiny vocabularies: 16-column chunks
 
 
+def test_nan_rows_stay_in_their_row():
+    """A NaN logit (a broken draft) must not make the kernel read outside the row: the other
+    rows are exact and the NaN rows' tokens are valid ids."""
+    x = _logits(4, 700, 6)
+    x[1, :] = float("nan")
+    x[2, 10] = float("nan")
+    lp, tok = dt.depth_topk_triton(x.to(DEV), 16)
+    lp, tok = lp.cpu(), tok.cpu()
+    want_lp, want_tok = _want(x[[0, 3]], 16)
+    assert torch.equal(tok[[0, 3]], want_tok)
+    torch.testing.assert_close(lp[[0, 3]], want_lp, atol=3e-6, rtol=3e-6)
+    assert bool(((tok >= 0) & (tok < 700)).all())
+    assert bool(torch.isnan(lp[1]).all())
+
+
 def test_backend_picks_the_kernel_only_where_it_runs():
     x = _logits(2, 300, 5)
     with backend.forced("reference"):

@@ -108,9 +108,10 @@ def _merge_kernel(X, M, S, CNT, CAND, BEST, LP, TOK, V, sx, K, NC,
         tl.store(bb + w, best, mask=w < KB)
         tl.debug_barrier()
     kk = tl.load(bb + kb, volatile=True)
-    col = (kk - ((kk >> 32) << 32)).to(tl.int32)
+    real = kk != SENTINEL                 # fewer than K candidates only when the row holds NaN
+    col = tl.where(real, (kk - ((kk >> 32) << 32)).to(tl.int32), 0)
     take = kb < K
-    x = tl.load(X + row.to(tl.int64) * sx + col, mask=take, other=0.0).to(tl.float32)
+    x = tl.load(X + row.to(tl.int64) * sx + col, mask=take & real, other=float("nan")).to(tl.float32)
     tl.store(LP + row * K + kb, (x - m) - lse, mask=take)
     tl.store(TOK + row * K + kb, col.to(tl.int64), mask=take)
 

@@ -44,7 +44,7 @@ from ..engine.gpu_tree import BUILDERS, FLOOR, StaticTree, _sizes, tree_outputs,
 from ..tree import TOP2GAP_NATS
 
 MAX_SORT = 8192  # widest tl.sort (int64 keys) one program does; larger trees use the tensor ops
-PRUNE_FROM = 512  # topb prunes by a running threshold when its level sorts are at least this wide
+PRUNE_FROM = 256  # topb prunes by a running threshold when its level sorts are at least this wide
 SENTINEL = tl.constexpr(0x7FFFFFFFFFFFFFFF)  # sorts after every real key
 
 
