@@ -27,10 +27,8 @@ def emulate(lp, K, B, prune):
     return widths, len(allv), len(inn)
 for i, g in enumerate(got[:4]):
     for K, B in ((16, 256), (16, 128)):
-        lp, _ = torch.topk(g, K, dim=-1)
-        lp = lp.clamp(min=FLOOR).tolist()
-        lp = torch.tensor(lp)
-        w0, e0, _ = emulate(lp.tolist() and lp, K, B, False)
+        lp = torch.topk(g, K, dim=-1).values.clamp(min=FLOOR)
+        w0, e0, _ = emulate(lp, K, B, False)
         w1, e1, c1 = emulate(lp, K, B, True)
         print(i, K, B, "no-prune widths", w0, "entries", e0)
         print("       prune widths", w1, "entries", e1, "global", c1)

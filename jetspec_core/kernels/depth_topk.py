@@ -149,10 +149,9 @@ def depth_topk_triton(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tens
     cnt = torch.empty(d, dtype=torch.int32, device=dev)
     cand = torch.empty(d * v, dtype=torch.int64, device=dev)
     best = torch.empty(d * 2 * p["KB"], dtype=torch.int64, device=dev)
-    warps = 4 if p["C"] <= 2048 else 8
-    _stats_kernel[(d, p["NC"])](x, m, s, cnt, v, x.stride(0), p["NC"], C=p["C"], num_warps=warps)
+    _stats_kernel[(d, p["NC"])](x, m, s, cnt, v, x.stride(0), p["NC"], C=p["C"], num_warps=4)
     _select_kernel[(d, p["NC"])](x, m, cnt, cand, v, x.stride(0), k, p["NC"], C=p["C"], NCB=p["NCB"],
-                                 num_warps=warps)
+                                 num_warps=4)
     _merge_kernel[(d,)](x, m, s, cnt, cand, best, lp, tok, v, x.stride(0), k, p["NC"],
                         NCB=p["NCB"], KB=p["KB"], MB_=p["MB_"], num_warps=4)
     return lp, tok
