@@ -107,6 +107,23 @@ def test_pack_ancestor_bits_matches_a_naive_loop():
         assert torch.equal(ta.unpack_ancestor_bits(bits, n), anc)
 
 
+def test_pack_ancestor_bits_kernel_equals_tensor_ops():
+    """The one-launch packer gives the tensor ops' words bit for bit (bit 31 set included: the
+    int32 sign), for trees of every bucket size and for dense random masks, into a given buffer too."""
+    gen = torch.Generator().manual_seed(1)
+    for n in (1, 5, 16, 31, 32, 33, 64, 100, 128, 256):
+        for anc in (ancestors(random_parents(n, gen, ["random", "chain", "wide"][n % 3])),
+                    torch.rand(n, n, generator=gen) < 0.5):
+            anc = anc.to(DEV).contiguous()
+            want = ta.pack_ancestor_bits(anc)
+            got = ta.pack_ancestor_bits_triton(anc)
+            assert got.dtype == torch.int32 and torch.equal(got, want), n
+            out = torch.full_like(want, 7)
+            assert ta.pack_ancestor_bits_triton(anc, out=out) is out and torch.equal(out, want)
+    with pytest.raises(ValueError, match="square bool"):
+        ta.pack_ancestor_bits_triton(torch.ones(3, 4, dtype=torch.bool, device=DEV))
+
+
 def test_reference_equals_sdpa_with_a_dense_mask():
     q, k, v, bits = make_case(6, 2, 17, 37, 16, torch.float32, seed=4)
     mask = torch.cat([torch.ones(17, 37, dtype=torch.bool, device=DEV),

@@ -117,6 +117,20 @@ def test_bi_matmul_wide_weight_tiles_are_row_invariant(n):
     torch.testing.assert_close(full, bm.bi_matmul_reference(x, w), atol=1e-4, rtol=1e-4)
 
 
+def test_bi_matmul_into_a_column_slice():
+    """`out` = a column slice of a wider buffer (row stride > N): the same bits as a fresh result,
+    the buffer's other columns untouched; a wrong shape, dtype or stride is refused."""
+    x, w, r = rand(20, 70, seed=11), rand(50, 70, seed=12) / 4, rand(20, 50, seed=13)
+    want = bm.bi_matmul(x, w, residual=r)
+    buf = torch.full((20, 150), 7.0, device=DEV)
+    got = bm.bi_matmul(x, w, residual=r, out=buf[:, 50:100])
+    assert got.data_ptr() == buf[:, 50:100].data_ptr() and torch.equal(buf[:, 50:100], want)
+    assert buf[:, :50].eq(7).all() and buf[:, 100:].eq(7).all()
+    for bad in (buf[:19, 50:100], buf[:, 50:100].double(), buf[:, 50:150:2]):
+        with pytest.raises(ValueError, match="out must be"):
+            bm.bi_matmul(x, w, residual=r, out=bad)
+
+
 def test_bi_matmul_tile_override_for_the_sweep():
     """An explicit tile (the kernel bench's sweep) gives the reference's result, and rows stay
     invariant among calls with that tile."""
@@ -305,6 +319,29 @@ def test_static_target_rows_invariant(arch):
     target = speed.random_target(dict(TINY, arch=arch), DEV, dtype, seed=1)
     st = _prefilled(target, [3, 1, 4, 1, 5], 64, fused=Fused(DEV, dtype))
     check_rows_invariant(st, 5, root=9, n=16, seed=3)
+
+
+def test_batch_invariant_forward_taps_written_in_place():
+    """In batch-invariant mode a tapped layer's down projection writes straight into its slice of
+    the hidden-state buffer (no copy; a layer tapped twice is copied to its second slice): the taps are the layers' outputs (the cuBLAS/torch
+    forward's, to rounding; a later layer writing over an earlier slice would be far off), and
+    the last layer's slice, final-normed, gives the returned logits bit for bit."""
+    target = speed.random_target(dict(TINY, num_layers=3), DEV, torch.float32, seed=4)
+    fused = Fused(DEV, torch.float32)
+    ids = torch.tensor([3, 1, 4, 1, 5], device=DEV)
+    causal = torch.ones(5, 5, dtype=torch.bool, device=DEV).tril()
+    zero = torch.zeros((), dtype=torch.long, device=DEV)
+    outs = []
+    for bi in (True, False):
+        st = StaticTarget(target.model, 16, taps=(0, 2, 1, 2), fused=fused, batch_invariant=bi)
+        outs.append(st.forward(ids, torch.arange(5, device=DEV), causal, zero))
+    (logits, hidden), (_, hidden_ref) = outs
+    torch.testing.assert_close(hidden, hidden_ref, atol=1e-4, rtol=1e-4)
+    h = TINY["hidden_size"]
+    last = hidden[:, h:2 * h]                                           # layer 2: the second and fourth taps
+    assert torch.equal(hidden[:, 3 * h:], last)
+    final = fused.rms_norm(last, target.model.norm, target.model.shape.rms_norm_eps)
+    assert torch.equal(bm.bi_matmul(final, target.model.lm_head, out_dtype=torch.float32), logits)
 
 
 def test_fast_decoder_batch_invariant_jetspec_equals_plain(monkeypatch):

@@ -125,6 +125,18 @@ def test_pruned_topb_on_sharp_wide_levels():
     assert_same(got, ref, "sharp")
 
 
+def test_pruned_topb_stops_at_the_first_empty_level():
+    """Budget 256, K = 16, 15 depths of very peaked distributions: pruning empties the levels
+    past the first few, the kernel skips the rest and walks the ancestors only that deep; the
+    tree is still the reference's, ancestor mask included."""
+    gen = torch.Generator().manual_seed(9)
+    lp = torch.log_softmax(torch.randn(15, 200, generator=gen) * 8, -1).to(DEV)
+    assert tb._plan("topb", 15, 16, 256, 256)["PRUNE"]
+    got, ref = both("topb", lp, 16, 256, depth=15)
+    assert_same(got, ref, "early stop")
+    assert int(got.depth.max()) < 15
+
+
 def test_ties_break_shallower_first_then_lower_entry():
     """All four candidates have cum 0: the depth-1 nodes first, then the children of the
     first depth-1 node (its lower rank first)."""

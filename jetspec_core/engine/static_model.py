@@ -99,7 +99,7 @@ def pick_tree_attention(device: torch.device, force: str | None = None):
 
         if not backend.use_triton(torch.empty(0, device=device)):
             return None, "sdpa (backend setting: reference)"
-        fn, pack = ta.tree_attention_triton, ta.pack_ancestor_bits
+        fn, pack = ta.tree_attention_triton, ta.pack_ancestor_bits_triton
         g = torch.Generator(device=device).manual_seed(0)
         for hq, hkv, n, d in ((9, 3, 5, 64), (8, 2, 33, 128)):
             s = 200
@@ -265,12 +265,13 @@ class StaticTarget:
             v.index_copy_(1, d_, v.index_select(1, s_))
 
     def linear(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None,
-               residual: torch.Tensor | None = None) -> torch.Tensor:
-        """residual + x @ w.T + b: the batch-invariant kernel in that mode, else cuBLAS (`addmm_`
-        into the residual, which it overwrites — an out-of-place addmm first copies the residual
-        into its result, one more kernel per call — and `F.linear` without one)."""
+               residual: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+        """residual + x @ w.T + b: the batch-invariant kernel in that mode (out of place, into `out`
+        when given), else cuBLAS (`addmm_` into the residual, which it overwrites — an out-of-place
+        addmm first copies the residual into its result, one more kernel per call — and `F.linear`
+        without one; `out` is only for the batch-invariant kernel)."""
         if self.batch_invariant:
-            return self._bi_matmul(x, w, b, residual)
+            return self._bi_matmul(x, w, b, residual, out=out)
         if residual is not None:
             return residual.addmm_(x, w.t())
         return F.linear(x, w, b)
@@ -309,6 +310,10 @@ class StaticTarget:
         x = F.embedding(ids, self.model.embed)                         # (N, H), updated in place below
         hidden = torch.empty(n, len(self.taps) * s.hidden_size, device=self.device, dtype=self.dtype) \
             if self.taps else None
+        hs = s.hidden_size
+        taps: dict[int, list[torch.Tensor]] = {}                     # layer → its slices (a layer may repeat)
+        for i, t in enumerate(self.taps):
+            taps.setdefault(t, []).append(hidden[:, i * hs:(i + 1) * hs])
         for li, w in enumerate(self.layers):
             if self.per_layer and self.layer_dev[li] != x.device:
                 x = x.to(self.layer_dev[li])
@@ -322,10 +327,14 @@ class StaticTarget:
             o = attn(prep, qkv[:, :hq], self.k[li], self.v[li])  # (N, Hq·D)
             x = self.linear(o, w.o, residual=x)
             h = f.rms_norm(x, w.ln2, s.rms_norm_eps)
-            x = self.linear(f.silu_mul(self.linear(h, w.gu)), w.down, residual=x)
-            for i, t in enumerate(self.taps):  # copied now: the next layers overwrite x in place
-                if t == li:
-                    hidden[:, i * s.hidden_size:(i + 1) * s.hidden_size].copy_(x)
+            slices = taps.get(li, [])
+            if slices and self.batch_invariant and slices[0].device == x.device:  # straight into hidden
+                x = self.linear(f.silu_mul(self.linear(h, w.gu)), w.down, residual=x, out=slices[0])
+                slices = slices[1:]
+            else:
+                x = self.linear(f.silu_mul(self.linear(h, w.gu)), w.down, residual=x)
+            for tap in slices:  # copied now: the next layers overwrite x in place
+                tap.copy_(x)
         if not logits:
             return None, hidden
         x = x.to(self.model.norm.device)

@@ -156,17 +156,24 @@ def _check(x, w, bias, residual, out_dtype) -> None:
 
 def bi_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None,
               residual: torch.Tensor | None = None, out_dtype: torch.dtype | None = None,
-              tile: tuple[int, int, int] | None = None, sub: int | None = None) -> torch.Tensor:
+              tile: tuple[int, int, int] | None = None, sub: int | None = None,
+              out: torch.Tensor | None = None) -> torch.Tensor:
     """x (M, K) @ w (N, K).T (+ bias (N,)) (+ residual (M, N)) → (M, N) in out_dtype (default
     x's dtype; float32 allowed). Row i of the result is bit-identical for every M and whatever
     the other rows are (see the module doc). Last dims must have unit stride. `tile` (BLOCK_N,
     BLOCK_K, warps) overrides `tile_for` — for the tile sweep of `bench kernels --only gemm`; rows
     are invariant only among calls with the same tile. `sub` (row tiles per program, 1 or 2)
-    overrides `sub_for(M, N)`; it never changes a row's result."""
+    overrides `sub_for(M, N)`; it never changes a row's result. `out`: an (M, N) tensor of that
+    dtype with unit stride in N (any row stride, e.g. a column slice of a wider buffer) to write
+    the result into, instead of a new one; it must not overlap x or the residual."""
     _check(x, w, bias, residual, out_dtype)
     m, k = x.shape
     n = w.shape[0]
-    y = torch.empty(m, n, device=x.device, dtype=out_dtype or x.dtype)
+    if out is not None and (tuple(out.shape) != (m, n) or out.dtype != (out_dtype or x.dtype)
+                            or out.device != x.device or (out.numel() and out.stride(-1) != 1)):
+        raise ValueError(f"out must be a ({m}, {n}) {out_dtype or x.dtype} tensor on {x.device} with unit "
+                         f"stride in its last dim; got {out.dtype} {tuple(out.shape)} on {out.device}")
+    y = torch.empty(m, n, device=x.device, dtype=out_dtype or x.dtype) if out is None else out
     if m == 0 or n == 0:
         return y
     if k == 0:

@@ -68,7 +68,7 @@ def greedy_record_reference(tokens, parents, depth, rank, valid, n_valid, anc, d
 
 @triton.jit
 def _greedy_record_kernel(TOK, PAR, DEP, RANK, VALID, NVALID, ANC, DLP, CLP, TOP, LOGITS, stride_l, LSE,
-                          INTS, FLOATS, N: tl.constexpr, NB: tl.constexpr, RB: tl.constexpr,
+                          INTS, FLOATS, N: tl.constexpr, NB: tl.constexpr,
                           D1: tl.constexpr, D1B: tl.constexpr):
     j = tl.arange(0, NB)
     live = j < N
@@ -79,22 +79,20 @@ def _greedy_record_kernel(TOK, PAR, DEP, RANK, VALID, NVALID, ANC, DLP, CLP, TOP
     valid = tl.load(VALID + j, mask=live, other=0) != 0
     top = tl.load(TOP + j, mask=live, other=0)
     match = ((tok == tl.load(TOP + par0, mask=live, other=-1)) | (j == 0)) & valid & live
-    # acceptable rows (every ancestor-or-self matches), in blocks of RB rows: the deepest, first
-    best_d = tl.full((), -1, tl.int64)
-    best_i = tl.zeros((), tl.int32)
-    count = tl.zeros((), tl.int32)
-    for r0 in tl.static_range(0, N, RB):
-        i = r0 + tl.arange(0, RB)
-        li = i < N
-        a = tl.load(ANC + i[:, None] * N + j[None, :], mask=li[:, None] & live[None, :], other=0) != 0
-        bad = a & (match == 0)[None, :]                                       # an ancestor that does not match
-        ok = (tl.max(bad.to(tl.int32), axis=1) == 0) & li
-        cand = tl.where(ok, tl.load(DEP + i, mask=li, other=-1), -1)
-        bd = tl.max(cand, axis=0)
-        bi = tl.argmax(cand, axis=0)                                          # first index of the block's deepest
-        best_i = tl.where(bd > best_d, r0 + bi, best_i)                       # an earlier block keeps ties
-        best_d = tl.maximum(best_d, bd)
-        count += tl.sum((ok & (tl.load(VALID + i, mask=li, other=0) != 0)).to(tl.int32), axis=0)
+    # acceptable nodes (every node on the path matches): walk up the parents as deep as the tree
+    # goes (the root is its own parent), reading back the match flags stored here — N · depth
+    # loads, where scanning the ancestor rows took N² (the rows agree with the parents)
+    tl.store(FLOATS + 1 + 3 * N + j, match.to(tl.float32), mask=live)
+    tl.debug_barrier()
+    ok = match
+    x = j.to(tl.int64)
+    for _ in range(tl.max(dep, 0).to(tl.int32) - 1):               # the root always matches
+        x = tl.maximum(tl.load(PAR + x, mask=live, other=0), 0)
+        ok = ok & (tl.load(FLOATS + 1 + 3 * N + x, mask=live, other=0.0, volatile=True) != 0)
+    cand = tl.where(ok, dep, -1)
+    best_d = tl.max(cand, axis=0)
+    best_i = tl.argmax(cand, axis=0)                                          # the first of the deepest
+    count = tl.sum((ok & valid).to(tl.int32), axis=0)
     on_path = tl.load(ANC + best_i * N + j, mask=live, other=0) != 0
     lv = tl.arange(0, D1B)
     hit = on_path[None, :] & (dep[None, :] == lv[:, None])                    # (D1B, NB)
@@ -116,7 +114,6 @@ def _greedy_record_kernel(TOK, PAR, DEP, RANK, VALID, NVALID, ANC, DLP, CLP, TOP
     tl.store(FLOATS + 1 + j, tl.load(DLP + j, mask=live, other=0.0), mask=live)
     tl.store(FLOATS + 1 + N + j, tl.load(CLP + j, mask=live, other=0.0), mask=live)
     tl.store(FLOATS + 1 + 2 * N + j, tprob, mask=live)
-    tl.store(FLOATS + 1 + 3 * N + j, match.to(tl.float32), mask=live)
 
 
 def greedy_record_triton(tokens, parents, depth, rank, valid, n_valid, anc, draft_logp, cum_logp,
@@ -138,5 +135,5 @@ def greedy_record_triton(tokens, parents, depth, rank, valid, n_valid, anc, draf
     nb = max(16, triton.next_power_of_2(n))
     _greedy_record_kernel[(1,)](tokens, parents, depth, rank, valid.view(torch.uint8), n_valid, anc.view(torch.uint8),
                                 draft_logp, cum_logp, top, logits, logits.stride(0), lse, ints, floats,
-                                N=n, NB=nb, RB=min(nb, 32), D1=d1, D1B=max(16, triton.next_power_of_2(d1)),
+                                N=n, NB=nb, D1=d1, D1B=max(16, triton.next_power_of_2(d1)),
                                 num_warps=4)

@@ -61,6 +61,33 @@ def pack_ancestor_bits(anc: torch.Tensor) -> torch.Tensor:
     return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
 
 
+@triton.jit
+def _pack_bits_kernel(ANC, OUT, N, W, RB: tl.constexpr, WB: tl.constexpr):
+    """Rows [pid·RB, pid·RB + RB) of anc (N, N) uint8 → their (RB, W) int32 words: bit b of word
+    w is anc[i, 32w + b] (the sum of distinct powers of two wraps like the int32 bit pattern)."""
+    rows = tl.program_id(0) * RB + tl.arange(0, RB)
+    w = tl.arange(0, WB)
+    b = tl.arange(0, 32)
+    cols = w[:, None] * 32 + b[None, :]                                          # (WB, 32)
+    ok = (rows < N)[:, None, None] & (cols < N)[None, :, :]
+    a = tl.load(ANC + rows[:, None, None] * N + cols[None, :, :], mask=ok, other=0)
+    words = tl.sum(a.to(tl.int32) << b[None, None, :], axis=2)                   # (RB, WB)
+    tl.store(OUT + rows[:, None] * W + w[None, :], words, mask=(rows < N)[:, None] & (w < W)[None, :])
+
+
+def pack_ancestor_bits_triton(anc: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`pack_ancestor_bits` in one launch (the tensor ops take six): same words, bit for bit."""
+    if anc.dim() != 2 or anc.shape[0] != anc.shape[1] or anc.dtype != torch.bool or not anc.is_contiguous():
+        raise ValueError(f"anc must be a contiguous square bool matrix, got {tuple(anc.shape)} {anc.dtype}")
+    n = anc.shape[0]
+    w = mask_words(n)
+    out = torch.empty(n, w, dtype=torch.int32, device=anc.device) if out is None else out
+    rb = 16 if w <= 2 else 4
+    _pack_bits_kernel[(triton.cdiv(n, rb),)](anc.view(torch.uint8), out, n, w, RB=rb,
+                                             WB=triton.next_power_of_2(w), num_warps=4)
+    return out
+
+
 def unpack_ancestor_bits(bits: torch.Tensor, n: int) -> torch.Tensor:
     """Inverse of `pack_ancestor_bits`: (N, W) int32 → (N, n) bool."""
     j = torch.arange(n, device=bits.device)

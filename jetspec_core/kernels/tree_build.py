@@ -150,6 +150,7 @@ def _tree_kernel(LP, TOK, ROOT, I64, F32, U8, CUM, IDX, KEY, RBUF,
     s = tl.arange(0, LB)
     j = tl.arange(0, KB)
     prev = one
+    seen = one * 0                                       # the deepest level that kept entries
     pbase = one * 0
     base = one
     thr = tl.full((), float("-inf"), tl.float32)
@@ -157,48 +158,50 @@ def _tree_kernel(LP, TOK, ROOT, I64, F32, U8, CUM, IDX, KEY, RBUF,
         rr = tl.arange(0, 2 * RB)
         tl.store(RBUF + rr, tl.full([2 * RB], float("-inf"), tl.float32))
     for t in range(1, NL + 1):
-        size = tl.minimum(prev * K, KEEP)
-        per_row = tl.where(s < prev, tl.minimum(size // (s + 1), K), 0)    # pruned: (s+1)(j+1) ≤ size
-        pcum = tl.load(CUM + pbase + s, mask=s < prev, other=0.0, volatile=True)
-        lpr = _logp(LP, t - 1, j, j < K, K, FLOOR_, GAP, TOP2GAP)
-        cand = pcum[:, None] + lpr[None, :]                                # (LB, KB)
-        if PRUNE:  # lpr descends, so the candidates ≥ thr of a row are a prefix of it
-            fit = (cand >= thr) & (j[None, :] < K)
-            per_row = tl.minimum(per_row, tl.sum(fit.to(tl.int32), 1))
-        off = tl.cumsum(per_row, 0) - per_row
-        total = tl.sum(per_row, 0)
-        take = j[None, :] < per_row[:, None]                               # (LB, KB)
-        keys = _key(cand, s[:, None] * K + j[None, :])
-        tl.store(KEY + off[:, None] + j[None, :], keys, mask=take)
-        tl.debug_barrier()
-        if PRUNE:  # the narrowest sort that holds the level (nothing once a level is empty)
-            cnt = total * 0
-            if total > 256:
+        if prev > 0:  # an empty level leaves every later one empty: skip them (pruned trees end early)
+            size = tl.minimum(prev * K, KEEP)
+            per_row = tl.where(s < prev, tl.minimum(size // (s + 1), K), 0)    # pruned: (s+1)(j+1) ≤ size
+            pcum = tl.load(CUM + pbase + s, mask=s < prev, other=0.0, volatile=True)
+            lpr = _logp(LP, t - 1, j, j < K, K, FLOOR_, GAP, TOP2GAP)
+            cand = pcum[:, None] + lpr[None, :]                                # (LB, KB)
+            if PRUNE:  # lpr descends, so the candidates ≥ thr of a row are a prefix of it
+                fit = (cand >= thr) & (j[None, :] < K)
+                per_row = tl.minimum(per_row, tl.sum(fit.to(tl.int32), 1))
+            off = tl.cumsum(per_row, 0) - per_row
+            total = tl.sum(per_row, 0)
+            take = j[None, :] < per_row[:, None]                               # (LB, KB)
+            keys = _key(cand, s[:, None] * K + j[None, :])
+            tl.store(KEY + off[:, None] + j[None, :], keys, mask=take)
+            tl.debug_barrier()
+            if PRUNE:  # the narrowest sort that holds the level (nothing once a level is empty)
+                cnt = total * 0
+                if total > 256:
+                    cnt = _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
+                                CB, PRUNE, FLOOR_, GAP, TOP2GAP)
+                elif total > 64:
+                    cnt = _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
+                                256, PRUNE, FLOOR_, GAP, TOP2GAP)
+                elif total > 0:
+                    cnt = _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
+                                64, PRUNE, FLOOR_, GAP, TOP2GAP)
+            else:
                 cnt = _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
                             CB, PRUNE, FLOOR_, GAP, TOP2GAP)
-            elif total > 64:
-                cnt = _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
-                            256, PRUNE, FLOOR_, GAP, TOP2GAP)
-            elif total > 0:
-                cnt = _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
-                            64, PRUNE, FLOOR_, GAP, TOP2GAP)
-        else:
-            cnt = _keep(LP, CUM, IDX, KEY, t, K, pbase, base, size, total, thr, ENTRIES,
-                        CB, PRUNE, FLOOR_, GAP, TOP2GAP)
-        tl.debug_barrier()
-        if PRUNE:  # merge the level's best RB values into RBUF[0, RB); thr = its TAKE-th
-            if cnt > 0:
-                r = tl.arange(0, RB)
-                tl.store(RBUF + RB + r, tl.load(CUM + base + r, mask=r < cnt, other=float("-inf"), volatile=True))
-                tl.debug_barrier()
-                merged = tl.sort(tl.load(RBUF + rr, volatile=True), descending=True)
-                tl.debug_barrier()
-                tl.store(RBUF + rr, merged)
-                tl.debug_barrier()
-                thr = tl.load(RBUF + TAKE - 1, volatile=True)
-        pbase = base
-        base = base + cnt
-        prev = cnt
+            tl.debug_barrier()
+            if PRUNE:  # merge the level's best RB values into RBUF[0, RB); thr = its TAKE-th
+                if cnt > 0:
+                    r = tl.arange(0, RB)
+                    tl.store(RBUF + RB + r, tl.load(CUM + base + r, mask=r < cnt, other=float("-inf"), volatile=True))
+                    tl.debug_barrier()
+                    merged = tl.sort(tl.load(RBUF + rr, volatile=True), descending=True)
+                    tl.debug_barrier()
+                    tl.store(RBUF + rr, merged)
+                    tl.debug_barrier()
+                    thr = tl.load(RBUF + TAKE - 1, volatile=True)
+            pbase = base
+            base = base + cnt
+            prev = cnt
+            seen = tl.where(cnt > 0, t, seen)
 
     # 2. the global order of all entries (level-major index: the shallower first on ties)
     g = tl.arange(0, GB)
@@ -287,9 +290,13 @@ def _tree_kernel(LP, TOK, ROOT, I64, F32, U8, CUM, IDX, KEY, RBUF,
     tl.store(I64 + 4 * N, n_valid.to(tl.int64))
     tl.debug_barrier()
 
-    # ancestor-or-self: walk up D steps from every node (the root is its own parent)
+    # ancestor-or-self: walk up from every node (the root is its own parent) as many steps as
+    # the deepest node needs (seen, one more where entries expand into children; padding: 1)
     x = tl.where(i < N, i, 0)
-    for _ in range(D + 1):
+    deep = seen
+    if EXPAND:
+        deep = seen + 1
+    for _ in range(tl.minimum(tl.maximum(deep, 1), D) + 1):
         tl.store(U8 + N + i * N + x, tl.full([NB], 1, tl.uint8), mask=i < N)
         x = tl.maximum(tl.load(I64 + N + x, mask=i < N, other=0, volatile=True), 0).to(tl.int32)
 

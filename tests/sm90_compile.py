@@ -1,0 +1,77 @@
+"""Compile kernels for an H100/H200 (sm_90) on a machine without a GPU: Triton's front end and
+code generation run without a device, so a kernel that the interpreter runs but the compiler
+rejects (a loop-carried variable that changes type, a block shape it cannot lower, ...) is caught
+on CPU, before a GPU session finds it. Run as a script (its own process: the kernel tests switch
+the Triton interpreter on, which cannot be undone in one process); prints one JSON line per
+variant: {"kernel", "variant", "ok", "error", "seconds"}. Used by tests/test_kernels_compile.py."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from jetspec_core.kernels import greedy_record, tree_attention, tree_build  # noqa: E402
+
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def signature(fn, pointers: dict[str, str], constexprs: dict, ints: str = "i32"):
+    """(signature, constexprs) for triton.compile: pointer params by type, constexpr params by
+    value, every other param a scalar of type `ints`."""
+    sig, consts = {}, {}
+    for i, p in enumerate(fn.params):
+        if p.is_constexpr:
+            sig[p.name], consts[(i,)] = "constexpr", constexprs[p.name]
+        else:
+            sig[p.name] = pointers.get(p.name, ints)
+    return sig, consts
+
+
+def variants():
+    gr = greedy_record._greedy_record_kernel
+    gr_ptr = dict(TOK="*i64", PAR="*i64", DEP="*i64", RANK="*i64", VALID="*u8", NVALID="*i64", ANC="*u8",
+                  DLP="*fp32", CLP="*fp32", TOP="*i64", LOGITS="*fp32", stride_l="i64", LSE="*fp32",
+                  INTS="*i64", FLOATS="*fp32")
+    for n, d1 in ((1, 16), (64, 16), (256, 16)):
+        nb = max(16, triton.next_power_of_2(n))
+        yield "greedy_record", f"N{n}", gr, signature(gr, gr_ptr, dict(N=n, NB=nb, D1=d1, D1B=16)), 4
+    pk = tree_attention._pack_bits_kernel
+    for n in (1, 64, 256):
+        w = tree_attention.mask_words(n)
+        rb = 16 if w <= 2 else 4
+        yield "pack_bits", f"N{n}", pk, signature(pk, dict(ANC="*u8", OUT="*i32"),
+                                                  dict(RB=rb, WB=triton.next_power_of_2(w))), 4
+    tk = tree_build._tree_kernel
+    tk_ptr = dict(LP="*fp32", TOK="*i64", ROOT="*i64", I64="*i64", F32="*fp32", U8="*u8", CUM="*fp32",
+                  IDX="*i32", KEY="*i64", RBUF="*fp32")
+    for builder, k, budget in (("topb", 16, 64), ("topb", 16, 256), ("accum_logp", 7, 64), ("top2gap", 7, 64)):
+        p = tree_build._plan(builder, 15, k, budget, budget)
+        consts = dict(p, FLOOR_=tree_build.FLOOR, GAP=tree_build.TOP2GAP_NATS)
+        warps = 4 if p["GB"] <= 1024 else 8
+        yield "tree_build", f"{builder}-K{k}-b{budget}", tk, signature(tk, tk_ptr, consts), warps
+
+
+def main(only: list[str]) -> None:
+    for name, variant, fn, (sig, consts), warps in variants():
+        if only and name not in only:
+            continue
+        t0 = time.time()
+        try:
+            triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=TARGET,
+                           options={"num_warps": warps})
+            ok, err = True, None
+        except Exception as e:  # noqa: BLE001 - reported per variant
+            ok, err = False, f"{type(e).__name__}: {str(e)[-1500:]}"
+        print(json.dumps({"kernel": name, "variant": variant, "ok": ok, "error": err,
+                          "seconds": round(time.time() - t0, 1)}), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
