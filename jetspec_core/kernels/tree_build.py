@@ -21,13 +21,15 @@ reference.
    depth), so they are never sorted or kept. What a level keeps is a prefix of what it would keep
    unpruned, so entry order, ties and the result are unchanged; with a trained head's peaked
    distributions most levels past the third hold few or no candidates and sort 64 or 256 wide.
+   A level that keeps nothing leaves every later level empty, so the loop skips them (measured on
+   the H200 with the shipped head: levels 5-15 were empty, 3.5 µs each at budget 256).
 2. One sort of all kept entries (level-major index, so on ties the shallower first) gives the
    global order (topb: only the entries at or above the final cut, compacted first). topb: its first budget − 1 entries are the nodes. accum_logp / top2gap: its
    first E entries are expanded in that order, each adding min(fanout, budget left) children;
    an exclusive cumulative sum gives each child's node index.
 3. A table entry → node index (scratch) turns parent entries into parent node indices; root and
-   padding rows are written; the ancestor mask is zeroed, then each node walks up d steps and
-   marks what it meets.
+   padding rows are written; the ancestor mask is zeroed, then each node walks up and marks what
+   it meets, as many steps as the deepest kept level needs (not always d).
 Scratch global memory carries data between phases, with a CTA barrier between each write and
 the reads that depend on it (the pattern of `accept_walk`).
 """
