@@ -22,44 +22,40 @@ from jetspec_core.kernels import greedy_record, tree_attention, tree_build  # no
 TARGET = GPUTarget("cuda", 90, 32)
 
 
-def signature(fn, pointers: dict[str, str], constexprs: dict, ints: str = "i32"):
-    """(signature, constexprs) for triton.compile: pointer params by type, constexpr params by
-    value, every other param a scalar of type `ints`."""
+def signature(fn, pointers: dict[str, str], meta: dict, ints: str = "i32"):
+    """(signature, constexprs, warps) for triton.compile from a launcher's meta: pointer params by
+    type, constexpr params by value, every other param a scalar of type `ints`."""
     sig, consts = {}, {}
     for i, p in enumerate(fn.params):
         if p.is_constexpr:
-            sig[p.name], consts[(i,)] = "constexpr", constexprs[p.name]
+            sig[p.name], consts[(i,)] = "constexpr", meta[p.name]
         else:
             sig[p.name] = pointers.get(p.name, ints)
-    return sig, consts
+    return sig, consts, meta.get("num_warps", 4)
 
 
 def variants():
+    """(kernel, variant, fn, (signature, constexprs, warps)) with the launchers' own launch meta."""
     gr = greedy_record._greedy_record_kernel
     gr_ptr = dict(TOK="*i64", PAR="*i64", DEP="*i64", RANK="*i64", VALID="*u8", NVALID="*i64", ANC="*u8",
                   DLP="*fp32", CLP="*fp32", TOP="*i64", LOGITS="*fp32", stride_l="i64", LSE="*fp32",
                   INTS="*i64", FLOATS="*fp32")
-    for n, d1 in ((1, 16), (64, 16), (256, 16)):
-        nb = max(16, triton.next_power_of_2(n))
-        yield "greedy_record", f"N{n}", gr, signature(gr, gr_ptr, dict(N=n, NB=nb, D1=d1, D1B=16)), 4
+    for n in (1, 64, 256):
+        yield "greedy_record", f"N{n}", gr, signature(gr, gr_ptr, greedy_record.launch_meta(n, 16))
     pk = tree_attention._pack_bits_kernel
     for n in (1, 64, 256):
-        w = tree_attention.mask_words(n)
-        rb = 16 if w <= 2 else 4
-        yield "pack_bits", f"N{n}", pk, signature(pk, dict(ANC="*u8", OUT="*i32"),
-                                                  dict(RB=rb, WB=triton.next_power_of_2(w))), 4
+        yield "pack_bits", f"N{n}", pk, signature(pk, dict(ANC="*u8", OUT="*i32"), tree_attention.pack_launch_meta(n))
     tk = tree_build._tree_kernel
     tk_ptr = dict(LP="*fp32", TOK="*i64", ROOT="*i64", I64="*i64", F32="*fp32", U8="*u8", CUM="*fp32",
                   IDX="*i32", KEY="*i64", RBUF="*fp32")
     for builder, k, budget in (("topb", 16, 64), ("topb", 16, 256), ("accum_logp", 7, 64), ("top2gap", 7, 64)):
         p = tree_build._plan(builder, 15, k, budget, budget)
-        consts = dict(p, FLOOR_=tree_build.FLOOR, GAP=tree_build.TOP2GAP_NATS)
-        warps = 4 if p["GB"] <= 1024 else 8
-        yield "tree_build", f"{builder}-K{k}-b{budget}", tk, signature(tk, tk_ptr, consts), warps
+        meta = dict(p, FLOOR_=tree_build.FLOOR, GAP=tree_build.TOP2GAP_NATS, num_warps=tree_build.warps(p))
+        yield "tree_build", f"{builder}-K{k}-b{budget}", tk, signature(tk, tk_ptr, meta)
 
 
 def main(only: list[str]) -> None:
-    for name, variant, fn, (sig, consts), warps in variants():
+    for name, variant, fn, (sig, consts, warps) in variants():
         if only and name not in only:
             continue
         t0 = time.time()

@@ -116,6 +116,13 @@ def _greedy_record_kernel(TOK, PAR, DEP, RANK, VALID, NVALID, ANC, DLP, CLP, TOP
     tl.store(FLOATS + 1 + 2 * N + j, tprob, mask=live)
 
 
+def launch_meta(n: int, d1: int) -> dict:
+    """The kernel's constexprs and warps for n nodes and d1 path slots (also what
+    tests/sm90_compile.py compiles)."""
+    return dict(N=n, NB=max(16, triton.next_power_of_2(n)), D1=d1, D1B=max(16, triton.next_power_of_2(d1)),
+                num_warps=4)
+
+
 def greedy_record_triton(tokens, parents, depth, rank, valid, n_valid, anc, draft_logp, cum_logp,
                          top, logits, lse, ints: torch.Tensor, floats: torch.Tensor) -> None:
     """One launch of `_greedy_record_kernel` (arguments as `greedy_record_reference`)."""
@@ -132,8 +139,6 @@ def greedy_record_triton(tokens, parents, depth, rank, valid, n_valid, anc, draf
         raise ValueError("logits (N, V) and lse (N,) must be float32 with unit stride in V")
     if ints.dtype != torch.int64 or floats.dtype != torch.float32 or floats.shape[0] != 1 + 4 * n:
         raise ValueError(f"ints / floats must be int64 / float32 buffers of layout({n}, D1)")
-    nb = max(16, triton.next_power_of_2(n))
     _greedy_record_kernel[(1,)](tokens, parents, depth, rank, valid.view(torch.uint8), n_valid, anc.view(torch.uint8),
                                 draft_logp, cum_logp, top, logits, logits.stride(0), lse, ints, floats,
-                                N=n, NB=nb, D1=d1, D1B=max(16, triton.next_power_of_2(d1)),
-                                num_warps=4)
+                                **launch_meta(n, d1))

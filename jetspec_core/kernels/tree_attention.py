@@ -75,6 +75,13 @@ def _pack_bits_kernel(ANC, OUT, N, W, RB: tl.constexpr, WB: tl.constexpr):
     tl.store(OUT + rows[:, None] * W + w[None, :], words, mask=(rows < N)[:, None] & (w < W)[None, :])
 
 
+def pack_launch_meta(n: int) -> dict:
+    """`_pack_bits_kernel`'s constexprs and warps for n nodes: 16 rows a program while a row is
+    one or two words, else 4 (also what tests/sm90_compile.py compiles)."""
+    w = mask_words(n)
+    return dict(RB=16 if w <= 2 else 4, WB=triton.next_power_of_2(w), num_warps=4)
+
+
 def pack_ancestor_bits_triton(anc: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """`pack_ancestor_bits` in one launch (the tensor ops take six): same words, bit for bit."""
     if anc.dim() != 2 or anc.shape[0] != anc.shape[1] or anc.dtype != torch.bool or not anc.is_contiguous():
@@ -82,9 +89,8 @@ def pack_ancestor_bits_triton(anc: torch.Tensor, out: torch.Tensor | None = None
     n = anc.shape[0]
     w = mask_words(n)
     out = torch.empty(n, w, dtype=torch.int32, device=anc.device) if out is None else out
-    rb = 16 if w <= 2 else 4
-    _pack_bits_kernel[(triton.cdiv(n, rb),)](anc.view(torch.uint8), out, n, w, RB=rb,
-                                             WB=triton.next_power_of_2(w), num_warps=4)
+    meta = pack_launch_meta(n)
+    _pack_bits_kernel[(triton.cdiv(n, meta["RB"]),)](anc.view(torch.uint8), out, n, w, **meta)
     return out
 
 
