@@ -122,6 +122,10 @@ def test_pack_ancestor_bits_kernel_equals_tensor_ops():
             assert ta.pack_ancestor_bits_triton(anc, out=out) is out and torch.equal(out, want)
     with pytest.raises(ValueError, match="square bool"):
         ta.pack_ancestor_bits_triton(torch.ones(3, 4, dtype=torch.bool, device=DEV))
+    strided = (torch.rand(8, 8, generator=gen) < 0.5).to(DEV).t()  # a transposed view: not row-major
+    with pytest.raises(ValueError, match="contiguous square bool"):
+        ta.pack_ancestor_bits_triton(strided)
+    assert torch.equal(ta.pack_ancestor_bits(strided), ta.pack_ancestor_bits(strided.contiguous()))
 
 
 def test_reference_equals_sdpa_with_a_dense_mask():

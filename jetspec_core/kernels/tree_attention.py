@@ -46,14 +46,20 @@ def mask_words(n: int) -> int:
     return (n + 31) // 32
 
 
+def _check_ancestors(anc: torch.Tensor, contiguous: bool = False) -> tuple[int, int]:
+    """anc must be a square bool matrix (contiguous: in row-major memory) → (N, words per row)."""
+    if anc.dim() != 2 or anc.shape[0] != anc.shape[1] or anc.dtype != torch.bool or \
+            (contiguous and not anc.is_contiguous()):
+        need = "a contiguous square bool matrix" if contiguous else "a square bool matrix"
+        raise ValueError(f"anc must be {need}, got {tuple(anc.shape)} {anc.dtype}")
+    return anc.shape[0], mask_words(anc.shape[0])
+
+
 def pack_ancestor_bits(anc: torch.Tensor) -> torch.Tensor:
     """anc (N, N) bool, [i, j] = j is i or an ancestor of i → (N, ceil(N/32)) int32 bit rows.
 
     Plain tensor ops on anc's device (no host sync, fine inside a CUDA graph)."""
-    if anc.dim() != 2 or anc.shape[0] != anc.shape[1] or anc.dtype != torch.bool:
-        raise ValueError(f"anc must be a square bool matrix, got {tuple(anc.shape)} {anc.dtype}")
-    n = anc.shape[0]
-    w = mask_words(n)
+    n, w = _check_ancestors(anc)
     padded = torch.zeros(n, w * 32, dtype=torch.int64, device=anc.device)
     padded[:, :n] = anc.to(torch.int64)
     weights = torch.ones(32, dtype=torch.int64, device=anc.device) << torch.arange(32, device=anc.device)
@@ -84,10 +90,7 @@ def pack_launch_meta(n: int) -> dict:
 
 def pack_ancestor_bits_triton(anc: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """`pack_ancestor_bits` in one launch (the tensor ops take six): same words, bit for bit."""
-    if anc.dim() != 2 or anc.shape[0] != anc.shape[1] or anc.dtype != torch.bool or not anc.is_contiguous():
-        raise ValueError(f"anc must be a contiguous square bool matrix, got {tuple(anc.shape)} {anc.dtype}")
-    n = anc.shape[0]
-    w = mask_words(n)
+    n, w = _check_ancestors(anc, contiguous=True)
     out = torch.empty(n, w, dtype=torch.int32, device=anc.device) if out is None else out
     meta = pack_launch_meta(n)
     _pack_bits_kernel[(triton.cdiv(n, meta["RB"]),)](anc.view(torch.uint8), out, n, w, **meta)
