@@ -323,9 +323,10 @@ def test_static_target_rows_invariant(arch):
 
 def test_batch_invariant_forward_taps_written_in_place():
     """In batch-invariant mode a tapped layer's down projection writes straight into its slice of
-    the hidden-state buffer (no copy; a layer tapped twice is copied to its second slice): the taps are the layers' outputs (the cuBLAS/torch
-    forward's, to rounding; a later layer writing over an earlier slice would be far off), and
-    the last layer's slice, final-normed, gives the returned logits bit for bit."""
+    the hidden-state buffer (no copy; a layer tapped twice is copied to its second slice): the
+    taps are the layers' outputs (the cuBLAS/torch forward's, to rounding; a later layer writing
+    over an earlier slice would be far off), and the last layer's slice, final-normed, gives the
+    returned logits bit for bit."""
     target = speed.random_target(dict(TINY, num_layers=3), DEV, torch.float32, seed=4)
     fused = Fused(DEV, torch.float32)
     ids = torch.tensor([3, 1, 4, 1, 5], device=DEV)
