@@ -197,6 +197,40 @@ def test_speed_bench_pieces_on_a_tiny_target():
     assert speed.main(["--budgets", "x"]) == 2
 
 
+def test_speed_bench_stops_at_eos_by_default(capsys):
+    """Answers end at the target's EOS unless --no-stop-at-eos; the table says which, and how many ended there."""
+    from jetspec_core.bench import speed
+
+    assert speed.build_parser().parse_args([]).stop_at_eos is True
+    assert speed.build_parser().parse_args(["--no-stop-at-eos"]).stop_at_eos is False
+    hf = tiny_hf("llama")
+    target = target_from_hf(hf, name="tiny")
+    dec = FastDecoder(target, HeadDrafter(random_head(target, num_layers=1), target.model))
+    prompts = [[1, 2, 3, 4], [9, 8, 7]]
+    full = speed.run_config(dec, prompts, DecodeConfig(mode="plain", max_new_tokens=12, stop_at_eos=False))
+    eos = full["outputs"][0][3]
+    cut = [o[: o.index(eos) + 1] if eos in o else o for o in full["outputs"]]
+    hf.config.eos_token_id = eos
+    assert target.eos_ids == {eos}
+    runs = {m: speed.run_config(dec, prompts, DecodeConfig(max_new_tokens=12, stop_at_eos=True, **kw))
+            for m, kw in (("plain", dict(mode="plain")), ("spec", dict(budget=8)))}
+    for r in runs.values():
+        assert r["outputs"] == cut and r["tokens"] == sum(map(len, cut)) < 24
+        assert r["ended_at_eos"] == sum(eos in o for o in full["outputs"]) >= 1
+    assert full["ended_at_eos"] == 0
+    plain = dict(runs["plain"], speedup=1.0)
+    spec = dict(runs["spec"], speedup=1.0, round_over_plain_step=1.0, agreement={"equal": 2, "prompts": 2, "diffs": []})
+    res = {"max_new_tokens": 12, "stop_at_eos": True, "target_run": {
+        "target": "tiny", "head": "random", "device": "cpu", "dtype": "float32", "engine": {},
+        "datasets": {"toy": {"prompts": 2, "plain": plain, "budgets": {"8": spec}}}}}
+    speed.print_tables(res)
+    out = capsys.readouterr().out
+    assert (f"at most 12 new tokens, stopping at EOS ({runs['plain']['ended_at_eos']} of 2 answers ended there); "
+            f"plain decoded {runs['plain']['tokens']} tokens") in out
+    speed.print_tables(dict(res, stop_at_eos=False))
+    assert "always 12 new tokens (past EOS)" in capsys.readouterr().out
+
+
 def test_fused_triton_kernels_match_reference_in_the_interpreter():
     pytest.importorskip("triton")
     code = textwrap.dedent("""

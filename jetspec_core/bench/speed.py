@@ -11,6 +11,12 @@ One run measures, on the same machine and the same prompts:
   weights (no download): plain step ms, round ms at one budget, their ratio and the
   memory-bandwidth bound of the plain step (weights read per step ÷ measured copy bandwidth).
 
+Answers end at the target's EOS (at most --max-new-tokens), as in the app: JetSpec and plain
+decoding produce the same tokens, so both runs time the same text. `--no-stop-at-eos` decodes
+max-new-tokens every time, text past the end of the answer included (the tables up to session 17
+did; the head drafts that text worse, since it was trained on answers cut at EOS). HF
+`generate` always decodes max-new-tokens: only its per-token rate is reported.
+
 Everything comes from timers of this run; nothing is hard-coded. It also runs (slowly) on CPU.
 """
 from __future__ import annotations
@@ -47,7 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--builder", default=d.builder)
     p.add_argument("--width", type=int, default=d.width)
     add_calibration_arg(p)
-    p.add_argument("--stop-at-eos", action="store_true", help="stop at EOS (default: always max-new-tokens)")
+    p.add_argument("--stop-at-eos", action=argparse.BooleanOptionalAction, default=True,
+                   help="end each answer at the target's EOS, as the app and plain decoding do (default); "
+                   "--no-stop-at-eos always decodes max-new-tokens, text past the end of the answer included")
     p.add_argument("--hf-limit", type=int, default=2, help="prompts for the HF generate baseline (0: skip)")
     p.add_argument("--no-engine-model", action="store_true", help="skip the embedded/target runs (8B only)")
     p.add_argument("--cost-shapes", default="auto",
@@ -67,19 +75,20 @@ def build_parser() -> argparse.ArgumentParser:
 # -- measuring one configuration over a prompt set ---------------------------------------------
 def run_config(dec, prompts: list[list[int]], cfg: DecodeConfig) -> dict:
     """Decode every prompt; return totals, means and the token ids per prompt."""
-    tokens, decode_s, rounds, taus = 0, 0.0, 0, []
+    tokens, decode_s, rounds, taus, at_eos = 0, 0.0, 0, [], 0
     split = dict.fromkeys(PHASES, 0.0)
     outs = []
     for ids in prompts:
         summary, recs = dec.generate(ids, cfg)
         outs.append(summary.token_ids)
+        at_eos += summary.finished == "eos"
         tokens += len(summary.token_ids)
         decode_s += summary.elapsed_s - summary.prefill_s
         rounds += len(recs)
         taus += [r.accept_len for r in recs]
         for k in PHASES:
             split[k] += sum(r.timings[k] for r in recs)
-    return {"tokens": tokens, "decode_s": decode_s, "rounds": rounds,
+    return {"tokens": tokens, "ended_at_eos": at_eos, "decode_s": decode_s, "rounds": rounds,
             "tok_s": tokens / max(decode_s, 1e-9), "tau": sum(taus) / max(len(taus), 1),
             "round_ms": 1e3 * decode_s / max(rounds, 1),
             "split_ms": {k: 1e3 * v / max(rounds, 1) for k, v in split.items()},
@@ -316,7 +325,10 @@ def print_tables(res: dict) -> None:
         for name, d in t["datasets"].items():
             p = d["plain"]
             hf = d.get("hf_generate")
-            print(f"\n== {name}: {d['prompts']} prompts, {res['max_new_tokens']} new tokens ==")
+            eos = (f"at most {res['max_new_tokens']} new tokens, stopping at EOS ({p['ended_at_eos']} of "
+                   f"{d['prompts']} answers ended there)" if res.get("stop_at_eos")
+                   else f"always {res['max_new_tokens']} new tokens (past EOS)")
+            print(f"\n== {name}: {d['prompts']} prompts, {eos}; plain decoded {p['tokens']} tokens ==")
             runs = " / ".join(f"{x:.0f}" for x in p.get("runs_tok_s", []))
             print(f"plain (engine): {p['tok_s']:.1f} tok/s, step {p['round_ms']:.3f} ms"
                   + (f" (faster of two runs: {runs} tok/s)" if runs else "")
