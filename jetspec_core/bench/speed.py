@@ -327,7 +327,7 @@ def print_tables(res: dict) -> None:
             hf = d.get("hf_generate")
             eos = (f"at most {res['max_new_tokens']} new tokens, stopping at EOS ({p['ended_at_eos']} of "
                    f"{d['prompts']} answers ended there)" if res.get("stop_at_eos")
-                   else f"always {res['max_new_tokens']} new tokens (past EOS)")
+                   else f"always {res['max_new_tokens']} new tokens, past EOS included")
             print(f"\n== {name}: {d['prompts']} prompts, {eos}; plain decoded {p['tokens']} tokens ==")
             runs = " / ".join(f"{x:.0f}" for x in p.get("runs_tok_s", []))
             print(f"plain (engine): {p['tok_s']:.1f} tok/s, step {p['round_ms']:.3f} ms"
