@@ -11,8 +11,9 @@ One run measures, on the same machine and the same prompts:
   weights (no download): plain step ms, round ms at one budget, their ratio and the
   memory-bandwidth bound of the plain step (weights read per step ÷ measured copy bandwidth).
 
-Answers end at the target's EOS (at most --max-new-tokens), as in the app: JetSpec and plain
-decoding produce the same tokens, so both runs time the same text. `--no-stop-at-eos` decodes
+Answers end at the target's EOS (at most --max-new-tokens), as in the app: in the exact (default)
+mode JetSpec and plain decoding produce the same tokens, so both runs time the same text (with
+`--no-batch-invariant` bf16 near-ties can make them differ). `--no-stop-at-eos` decodes
 max-new-tokens every time, text past the end of the answer included (the tables up to session 17
 did; the head drafts that text worse, since it was trained on answers cut at EOS). HF
 `generate` always decodes max-new-tokens: only its per-token rate is reported.
