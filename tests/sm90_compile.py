@@ -17,25 +17,27 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
+from jetspec_core.engine import fused  # noqa: E402
 from jetspec_core.kernels import greedy_record, tree_attention, tree_build  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 
 
 def signature(fn, pointers: dict[str, str], meta: dict, ints: str = "i32"):
-    """(signature, constexprs, warps) for triton.compile from a launcher's meta: pointer params by
-    type, constexpr params by value, every other param a scalar of type `ints`."""
+    """(signature, constexprs, options) for triton.compile from a launcher's meta: pointer params by
+    type, constexpr params by value, every other param a scalar of type `ints`; options: the meta's
+    num_warps / enable_fp_fusion."""
     sig, consts = {}, {}
     for i, p in enumerate(fn.params):
         if p.is_constexpr:
             sig[p.name], consts[(i,)] = "constexpr", meta[p.name]
         else:
             sig[p.name] = pointers.get(p.name, ints)
-    return sig, consts, meta.get("num_warps", 4)
+    return sig, consts, {k: meta[k] for k in ("num_warps", "enable_fp_fusion") if k in meta}
 
 
 def variants():
-    """(kernel, variant, fn, (signature, constexprs, warps)) with the launchers' own launch meta."""
+    """(kernel, variant, fn, (signature, constexprs, options)) with the launchers' own launch meta."""
     gr = greedy_record._greedy_record_kernel
     gr_ptr = dict(TOK="*i64", PAR="*i64", DEP="*i64", RANK="*i64", VALID="*u8", NVALID="*i64", ANC="*u8",
                   DLP="*fp32", CLP="*fp32", TOP="*i64", LOGITS="*fp32", stride_l="i64", LSE="*fp32",
@@ -52,16 +54,22 @@ def variants():
         p = tree_build._plan(builder, 15, k, budget, budget)
         meta = dict(p, FLOOR_=tree_build.FLOOR, GAP=tree_build.TOP2GAP_NATS, num_warps=tree_build.warps(p))
         yield "tree_build", f"{builder}-K{k}-b{budget}", tk, signature(tk, tk_ptr, meta)
+    rk = fused._rope_kv_kernel
+    rk_ptr = dict(QKV="*bf16", POS="*i64", START="*i64", COS="*bf16", SIN="*bf16", NW="*bf16", K="*bf16",
+                  V="*bf16", eps="fp32")
+    for d, norm in ((64, True), (64, False), (128, True)):
+        meta = fused.rope_launch_meta(d, norm)
+        yield "rope_kv", f"D{d}-{'norm' if norm else 'plain'}", rk, signature(rk, rk_ptr, meta)
 
 
 def main(only: list[str]) -> None:
-    for name, variant, fn, (sig, consts, warps) in variants():
+    for name, variant, fn, (sig, consts, opts) in variants():
         if only and name not in only:
             continue
         t0 = time.time()
         try:
             triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts), target=TARGET,
-                           options={"num_warps": warps})
+                           options=dict({"num_warps": 4}, **opts))
             ok, err = True, None
         except Exception as e:  # noqa: BLE001 - reported per variant
             ok, err = False, f"{type(e).__name__}: {str(e)[-1500:]}"

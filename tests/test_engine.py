@@ -89,7 +89,12 @@ def test_tiny_targets_engine_equals_hf_and_reference(arch):
                    (b.tokens, b.parents, b.depth, b.rank, b.accepted, b.new_tokens)
             assert a.target_top == b.target_top
             assert max(abs(x - y) for x, y in zip(a.target_prob, b.target_prob)) < 1e-4
-    head = random_head(target, num_layers=1, seed=1)
+    head = random_head(target, num_layers=2, seed=1)  # two layers: the context append stacks them
+    with torch.no_grad():  # per-layer q/k norm weights that differ, so a layer mix-up shows
+        g = torch.Generator().manual_seed(2)
+        for lay in head.layers:
+            for w in (lay.q_norm, lay.k_norm):
+                w.mul_(1 + 0.5 * torch.randn(w.shape, generator=g))
     s, recs = _gen(FastDecoder(target, HeadDrafter(head, target.model)), ids, 40, budget=16)
     s_ref, recs_ref = _gen(Decoder(target, HeadDrafter(head, target.model)), ids, 40, budget=16)
     assert s.token_ids == ref
@@ -256,6 +261,22 @@ def test_fused_triton_kernels_match_reference_in_the_interpreter():
             assert torch.equal(got[6][:, rows], got[0][:, n_q:n_q + n_kv].transpose(0, 1))
             assert torch.equal(got[7][:, rows], before[:, n_q + n_kv:].transpose(0, 1))
             assert torch.equal(got[6][:, :5], ref[6][:, :5])                          # other rows kept
+        # several layers in one launch (the draft context's append): each layer's heads, with its own
+        # norm weights, into its own caches, as one call per layer would write them
+        for n_q, n_kv, d, norm in ((0, 3, 64, True), (2, 1, 16, False)):
+            got, ref = (fused.rope_case(torch.device("cpu"), torch.float32, n_q, n_kv, d, norm, layers=3)
+                        for _ in range(2))
+            fused.rope_kv_reference(*ref)
+            fused.rope_kv_triton(*got)
+            for i in (0, 6, 7):
+                assert torch.allclose(got[i], ref[i], atol=1e-5), (n_q, n_kv, d, norm, i)
+            one = fused.rope_case(torch.device("cpu"), torch.float32, n_q, n_kv, d, norm, layers=3)
+            for li in range(3):
+                fused.rope_kv_reference(one[0][:, li], n_q, *one[2:6], one[6][li], one[7][li],
+                                        None if one[8] is None else one[8][li], one[9])
+            for i in (0, 6, 7):
+                assert torch.equal(one[i], ref[i])
+            assert not torch.equal(ref[6][0], ref[6][1])   # the layers' caches got different heads
         # argmax + log-sum-exp in one pass: several blocks, a tie across blocks (the first wins),
         # a tie inside a block, a row shorter than a block
         x = torch.randn(4, 9000)
@@ -296,6 +317,13 @@ def test_gpu_rope_kv_kernel_rounds_like_pytorch(dtype):
                     assert torch.allclose(got[i].float(), ref[i].float(), atol=0.1, rtol=2e-2), (n_q, d, n, i)
                 else:
                     assert torch.equal(got[i], ref[i]), (n_q, n_kv, d, n, i)
+    for n in (1, 16):  # several layers in one launch: as one launch per layer, bit for bit
+        got, ref = (fused.rope_case(dev, dtype, 0, 3, 64, True, n=n, s=600, layers=3) for _ in range(2))
+        fused.rope_kv_triton(*got)
+        for li in range(3):
+            fused.rope_kv_triton(ref[0][:, li], 0, *ref[2:6], ref[6][li], ref[7][li], ref[8][li], ref[9])
+        for i in (0, 6, 7):
+            assert torch.equal(got[i], ref[i]), (n, i)
     x = torch.randn(256, 151_936, device=dev)
     x[3, 5] = x[3, 150_000] = 1e3
     a, l = fused.row_stats_triton(x)

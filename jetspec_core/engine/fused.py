@@ -68,16 +68,20 @@ if triton is not None:
 
 
     @triton.jit
-    def _rope_kv_kernel(QKV, stride_row, POS, START, COS, SIN, NW, K, V, stride_kh, stride_ks, n_q, n_kv,
-                        eps, D: tl.constexpr, HB: tl.constexpr, NORM: tl.constexpr):
-        # one program per row and block of HB heads of one kind: q blocks, then k blocks, then v
+    def _rope_kv_kernel(QKV, stride_row, stride_layer, POS, START, COS, SIN, NW, stride_nl, K, V, stride_kl,
+                        stride_kh, stride_ks, n_q, n_kv, eps, D: tl.constexpr, HB: tl.constexpr, NORM: tl.constexpr):
+        # one program per row, block of HB heads of one kind (q blocks, then k blocks, then v) and layer
         row = tl.program_id(0)
         blk = tl.program_id(1)
+        lay = tl.program_id(2).to(tl.int64)
+        NW += lay * stride_nl
+        K += lay * stride_kl
+        V += lay * stride_kl
         nqb = tl.cdiv(n_q, HB)
         nkb = tl.cdiv(n_kv, HB)
         cols = tl.arange(0, D)
         hb = tl.arange(0, HB)
-        base = QKV + row.to(tl.int64) * stride_row
+        base = QKV + row.to(tl.int64) * stride_row + lay * stride_layer
         dst = (tl.load(START) + row).to(tl.int64) * stride_ks
         if blk >= nqb + nkb:          # v heads: a copy into the cache
             local = (blk - nqb - nkb) * HB + hb
@@ -173,7 +177,15 @@ def rope_kv_reference(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: tor
                       norm_w: torch.Tensor | None, eps: float, rms=rms_norm_ref) -> None:
     """Plain PyTorch `rope_kv`: qkv (N, Hq+2Hkv, D) in place; cos/sin (S, D) tables; pos (N,) rotary
     positions; rows [start, start + N) of k_cache / v_cache (Hkv, S, D) get the k and v heads;
-    norm_w (2·D,) = [q_norm | k_norm] or None."""
+    norm_w (2·D,) = [q_norm | k_norm] or None.
+
+    Several layers at once: qkv (N, L, Hq+2Hkv, D), caches (L, Hkv, S, D), norm_w (L, 2·D) or None;
+    layer l's heads go to its caches, normed with its weights."""
+    if qkv.dim() == 4:
+        for li in range(qkv.shape[1]):
+            rope_kv_reference(qkv[:, li], n_q, pos, start, cos, sin, k_cache[li], v_cache[li],
+                              None if norm_w is None else norm_w[li], eps, rms)
+        return
     n, h, d = qkv.shape
     n_kv = (h - n_q) // 2
     qk = qkv[:, :n_q + n_kv]
@@ -195,21 +207,33 @@ ROPE_TILE = 1024  # elements per rope_kv program: 16 heads of 64, 8 of 128 (one 
 def rope_kv_triton(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: torch.Tensor, cos: torch.Tensor,
                    sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    norm_w: torch.Tensor | None, eps: float) -> None:
-    """One launch of `_rope_kv_kernel` (arguments as `rope_kv_reference`)."""
-    n, h, d = qkv.shape
+    """One launch of `_rope_kv_kernel` (arguments as `rope_kv_reference`; several layers in the one launch
+    when qkv has a layer axis)."""
+    if qkv.dim() == 3:  # one layer: a layer axis of length 1
+        qkv, k_cache, v_cache = qkv[:, None], k_cache[None], v_cache[None]
+        norm_w = None if norm_w is None else norm_w.reshape(1, -1)
+    n, n_l, h, d = qkv.shape
     n_kv = (h - n_q) // 2
-    assert h == n_q + 2 * n_kv and d & (d - 1) == 0 and qkv.stride(2) == 1 and qkv.stride(1) == d
+    assert h == n_q + 2 * n_kv and d & (d - 1) == 0 and qkv.stride(3) == 1 and qkv.stride(2) == d
     assert cos.is_contiguous() and sin.is_contiguous() and cos.shape[1] == d and pos.shape == (n,)
-    assert k_cache.shape == v_cache.shape and k_cache.shape[0] == n_kv and k_cache.shape[2] == d
-    assert k_cache.stride() == v_cache.stride() and k_cache.stride(2) == 1 and start.numel() == 1
-    assert norm_w is None or (norm_w.is_contiguous() and norm_w.numel() == 2 * d)
+    assert k_cache.shape == v_cache.shape and k_cache.shape[:2] == (n_l, n_kv) and k_cache.shape[3] == d
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1 and start.numel() == 1
+    assert norm_w is None or (norm_w.shape == (n_l, 2 * d) and norm_w.stride(1) == 1)
     if n == 0:
         return
-    hb = max(1, ROPE_TILE // d)                       # heads per program
+    meta = rope_launch_meta(d, norm_w is not None)
+    hb = meta["HB"]
     blocks = triton.cdiv(n_q, hb) + 2 * triton.cdiv(n_kv, hb)
-    _rope_kv_kernel[(n, blocks)](qkv, qkv.stride(0), pos, start, cos, sin, norm_w if norm_w is not None else cos,
-                                 k_cache, v_cache, k_cache.stride(0), k_cache.stride(1), n_q, n_kv, eps,
-                                 D=d, HB=hb, NORM=norm_w is not None, num_warps=4, enable_fp_fusion=False)
+    nw = norm_w if norm_w is not None else cos
+    _rope_kv_kernel[(n, blocks, n_l)](qkv, qkv.stride(0), qkv.stride(1), pos, start, cos, sin, nw,
+                                      nw.stride(0) if norm_w is not None else 0, k_cache, v_cache,
+                                      k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), n_q, n_kv, eps,
+                                      **meta)
+
+
+def rope_launch_meta(d: int, norm: bool) -> dict:
+    """`_rope_kv_kernel`'s compile-time launch arguments for head size d (also `tests/sm90_compile.py`'s)."""
+    return dict(D=d, HB=max(1, ROPE_TILE // d), NORM=norm, num_warps=4, enable_fp_fusion=False)
 
 
 class Fused:
@@ -239,8 +263,9 @@ class Fused:
             gu = torch.randn(5, 2 * h, device=device, generator=g).to(dtype)
             if not torch.allclose(silu_mul_ref(gu).float(), silu_mul_triton(gu).float(), atol=tol, rtol=tol):
                 raise RuntimeError(f"silu_mul probe mismatch at I={h}")
-        for n_q, n_kv, d, norm in ((9, 3, 64, False), (8, 2, 128, True), (0, 1, 64, True)):
-            got, ref = (rope_case(device, dtype, n_q, n_kv, d, norm) for _ in range(2))
+        for n_q, n_kv, d, norm, layers in ((9, 3, 64, False, None), (8, 2, 128, True, None), (0, 1, 64, True, None),
+                                           (0, 3, 64, True, 3)):
+            got, ref = (rope_case(device, dtype, n_q, n_kv, d, norm, layers=layers) for _ in range(2))
             rope_kv_reference(*ref)
             rope_kv_triton(*got)
             for i in (0, 6, 7):  # qkv, k_cache, v_cache
@@ -264,7 +289,8 @@ class Fused:
                 sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, norm_w: torch.Tensor | None,
                 eps: float) -> None:
         """In place on qkv (N, Hq+2Hkv, D): (q/k RMSNorm,) RoPE of q and k at positions pos, k and v
-        written to cache rows [start, start + N) (see `rope_kv_reference`)."""
+        written to cache rows [start, start + N) (see `rope_kv_reference`); with a layer axis, qkv
+        (N, L, Hq+2Hkv, D), caches (L, Hkv, S, D) and norm_w (L, 2·D), all L layers in one launch."""
         if self.kind == "triton":
             return rope_kv_triton(qkv, n_q, pos, start, cos, sin, k_cache, v_cache, norm_w, eps)
         return rope_kv_reference(qkv, n_q, pos, start, cos, sin, k_cache, v_cache, norm_w, eps, rms=self.rms_norm)
@@ -281,12 +307,15 @@ class Fused:
         return silu_mul_ref(gu)
 
 
-def rope_case(device, dtype, n_q: int, n_kv: int, d: int, norm: bool, n: int = 7, s: int = 40, seed: int = 0):
-    """Random arguments of `rope_kv` (the same for the same seed), for the probe and the tests."""
+def rope_case(device, dtype, n_q: int, n_kv: int, d: int, norm: bool, n: int = 7, s: int = 40, seed: int = 0,
+              layers: int | None = None):
+    """Random arguments of `rope_kv` (the same for the same seed), for the probe and the tests; with
+    `layers`, the several-layer form (a layer axis on qkv, the caches and the norm weights)."""
     g = torch.Generator(device=device).manual_seed(seed)
     r = lambda *shape: torch.randn(*shape, device=device, generator=g).to(dtype)  # noqa: E731
     cos, sin = r(s, d), r(s, d)
     pos = torch.randint(0, s, (n,), device=device, generator=g)
     start = torch.full((1,), 5, dtype=torch.long, device=device)
-    return (r(n, n_q + 2 * n_kv, d), n_q, pos, start, cos, sin, r(n_kv, s, d), r(n_kv, s, d),
-            r(2 * d) if norm else None, 1e-6)
+    lay = () if layers is None else (layers,)
+    return (r(n, *lay, n_q + 2 * n_kv, d), n_q, pos, start, cos, sin, r(*lay, n_kv, s, d), r(*lay, n_kv, s, d),
+            r(*lay, 2 * d) if norm else None, 1e-6)

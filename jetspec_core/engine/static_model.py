@@ -366,6 +366,10 @@ class StaticHead:
                                       qkv=qkv, qkv_b=None, o=row_major(lay.o_proj.weight), gu=gu,
                                       down=row_major(lay.down_proj.weight),
                                       qk_norm=fuse_rows([lay.q_norm, lay.k_norm])))
+        # the context rows' K/V projections of all layers, stacked: one GEMM and one RoPE launch per append
+        hq_d = c.num_attention_heads * c.head_dim
+        self.ctx_kv = torch.cat([w.qkv[hq_d:] for w in self.layers])                  # (L·2·Hkv·D, H)
+        self.qk_norms = torch.stack([w.qk_norm for w in self.layers])                # (L, 2·D)
         size = (c.num_hidden_layers, c.num_key_value_heads, cap, c.head_dim)
         self.k = torch.zeros(size, device=dev, dtype=self.dtype)
         self.v = torch.zeros(size, device=dev, dtype=self.dtype)
@@ -382,10 +386,8 @@ class StaticHead:
         feats = f.rms_norm(F.linear(hidden.to(self.dtype), self.head.fc.weight), self.head.hidden_norm.data,
                            c.rms_norm_eps)                                 # (R, H)
         pos, start = prefix + self.ar[:r], prefix.reshape(1)
-        hq, hkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
-        for li, w in enumerate(self.layers):
-            kv = F.linear(feats, w.qkv[hq * d:]).view(r, 2 * hkv, d)
-            f.rope_kv(kv, 0, pos, start, self.cos, self.sin, self.k[li], self.v[li], w.qk_norm, c.rms_norm_eps)
+        kv = F.linear(feats, self.ctx_kv).view(r, len(self.layers), 2 * c.num_key_value_heads, c.head_dim)
+        f.rope_kv(kv, 0, pos, start, self.cos, self.sin, self.k, self.v, self.qk_norms, c.rms_norm_eps)
 
     def draft(self, root: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """One head forward over [root, MASK × (B−1)] at positions prefix + slot, seeing the
