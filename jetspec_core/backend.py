@@ -204,12 +204,13 @@ def sampled_accept(tokens: torch.Tensor, parents: torch.Tensor, samples: torch.T
 
 
 def kv_compact(k_cache: torch.Tensor, v_cache: torch.Tensor, src_rows: torch.Tensor, dst_start,
-               n=None) -> None:
-    """Move rows src_rows[:n] to dst_start.. in every layer and head of (L, Hkv, S, D) caches."""
+               n=None, relative: bool = False) -> None:
+    """Move rows src_rows[:n] (counted from dst_start when `relative`) to dst_start.. in every layer
+    and head of (L, Hkv, S, D) caches."""
     from .kernels import kv_compact as kc
 
     fn = kc.kv_compact_triton if use_triton(k_cache) else kc.kv_compact_reference
-    fn(k_cache, v_cache, src_rows, dst_start, n)
+    fn(k_cache, v_cache, src_rows, dst_start, n, relative)
 
 
 def depth_topk(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

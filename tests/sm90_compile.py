@@ -18,7 +18,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from jetspec_core.engine import fused  # noqa: E402
-from jetspec_core.kernels import greedy_record, tree_attention, tree_build  # noqa: E402
+from jetspec_core.kernels import greedy_record, kv_compact, tree_attention, tree_build  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
 
@@ -44,6 +44,11 @@ def variants():
                   INTS="*i64", FLOATS="*fp32")
     for n in (1, 64, 256):
         yield "greedy_record", f"N{n}", gr, signature(gr, gr_ptr, greedy_record.launch_meta(n, 16))
+    kc = kv_compact._kv_compact_kernel
+    for m, rel, ints in ((16, True, "*i64"), (16, False, "*i32")):
+        yield "kv_compact", f"M{m}-{'relative' if rel else 'absolute'}-{ints[1:]}", kc, \
+            signature(kc, dict(K="*bf16", V="*bf16", Src="*i64", Dst=ints, Num=ints),
+                      kv_compact.launch_meta(m, 64, rel))
     pk = tree_attention._pack_bits_kernel
     for n in (1, 64, 256):
         yield "pack_bits", f"N{n}", pk, signature(pk, dict(ANC="*u8", OUT="*i32"), tree_attention.pack_launch_meta(n))
@@ -57,9 +62,10 @@ def variants():
     rk = fused._rope_kv_kernel
     rk_ptr = dict(QKV="*bf16", POS="*i64", START="*i64", COS="*bf16", SIN="*bf16", NW="*bf16", K="*bf16",
                   V="*bf16", eps="fp32")
-    for d, norm in ((64, True), (64, False), (128, True)):
-        meta = fused.rope_launch_meta(d, norm)
-        yield "rope_kv", f"D{d}-{'norm' if norm else 'plain'}", rk, signature(rk, rk_ptr, meta)
+    for d, norm, rows in ((64, True, False), (64, False, False), (128, True, False), (64, True, True)):
+        meta = fused.rope_launch_meta(d, norm, rows)
+        yield "rope_kv", f"D{d}-{'norm' if norm else 'plain'}{'-pos-rows' if rows else ''}", rk, \
+            signature(rk, rk_ptr, meta)
 
 
 def main(only: list[str]) -> None:

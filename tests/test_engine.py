@@ -261,6 +261,18 @@ def test_fused_triton_kernels_match_reference_in_the_interpreter():
             assert torch.equal(got[6][:, rows], got[0][:, n_q:n_q + n_kv].transpose(0, 1))
             assert torch.equal(got[7][:, rows], before[:, n_q + n_kv:].transpose(0, 1))
             assert torch.equal(got[6][:, :5], ref[6][:, :5])                          # other rows kept
+        # no positions given: row i rotates at start + i (a chain), as with pos = start + arange
+        for n_q, n_kv, d, norm in ((9, 3, 64, False), (0, 2, 16, True)):
+            got, ref = (fused.rope_case(torch.device("cpu"), torch.float32, n_q, n_kv, d, norm) for _ in range(2))
+            args = list(ref)
+            args[2] = ref[3] + torch.arange(7)
+            fused.rope_kv_reference(*args)
+            fused.rope_kv_triton(got[0], got[1], None, *got[3:])
+            for i in (0, 6, 7):
+                assert torch.allclose(got[i], ref[i], atol=1e-5), (n_q, n_kv, d, norm, i)
+            again = fused.rope_case(torch.device("cpu"), torch.float32, n_q, n_kv, d, norm)
+            fused.rope_kv_reference(again[0], again[1], None, *again[3:])
+            assert all(torch.equal(again[i], ref[i]) for i in (0, 6, 7))
         # several layers in one launch (the draft context's append): each layer's heads, with its own
         # norm weights, into its own caches, as one call per layer would write them
         for n_q, n_kv, d, norm in ((0, 3, 64, True), (2, 1, 16, False)):

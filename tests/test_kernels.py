@@ -378,6 +378,13 @@ def test_kv_compact_matches_reference(dtype):
             assert torch.equal(k1[:, :, prefix:prefix + n], k[:, :, src[:n]])
             assert torch.equal(k1[:, :, :prefix], k[:, :, :prefix])
             assert torch.equal(v1[:, :, prefix + n:], v[:, :, prefix + n:])
+            # rows counted from the destination start (the engine's accepted path), int64 scalars
+            # read in place: the same move
+            k3, v3, k4, v4 = k.clone(), v.clone(), k.clone(), v.clone()
+            nn64 = torch.tensor(n, device=DEV) if as_tensor else n
+            kc.kv_compact_triton(k3, v3, src - prefix, dst, nn64, relative=True)
+            kc.kv_compact_reference(k4, v4, src - prefix, dst, nn64, relative=True)
+            assert torch.equal(k3, k1) and torch.equal(v3, v1) and torch.equal(k4, k1) and torch.equal(v4, v1)
 
 
 def test_kv_compact_long_paths_and_permutations():

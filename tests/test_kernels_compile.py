@@ -27,4 +27,4 @@ def test_kernels_compile_for_sm90():
                                                    for r in failed):
         pytest.skip(f"no sm_90 code generation here: {failed[0]['error'][:200]}")
     assert not failed, "\n".join(f"{r['kernel']} {r['variant']}: {r['error']}" for r in failed)
-    assert {r["kernel"] for r in rows} == {"greedy_record", "pack_bits", "tree_build", "rope_kv"}
+    assert {r["kernel"] for r in rows} == {"greedy_record", "pack_bits", "tree_build", "rope_kv", "kv_compact"}

@@ -15,7 +15,8 @@ the log-sum-exp (for the record's target probabilities); PyTorch needs five pass
 `rope_kv` works in place on one layer's packed projection output qkv (N, Hq + 2·Hkv, D): the
 q heads and k heads are (optionally normed and) rotated where they lie, and the k and v heads
 are written to the cache rows [start, start + N); the rotary position of row i is pos[i] (a
-tree row's position is prefix + its depth, not its cache row).
+tree row's position is prefix + its depth, not its cache row), or start + i when pos is None (a
+chain of rows: the draft block, the draft context).
 
 `Fused` picks the implementation once: Triton on CUDA when it compiles and matches the
 reference on a probe, plain PyTorch otherwise (always on CPU). `Fused(force="torch")` lets
@@ -69,7 +70,8 @@ if triton is not None:
 
     @triton.jit
     def _rope_kv_kernel(QKV, stride_row, stride_layer, POS, START, COS, SIN, NW, stride_nl, K, V, stride_kl,
-                        stride_kh, stride_ks, n_q, n_kv, eps, D: tl.constexpr, HB: tl.constexpr, NORM: tl.constexpr):
+                        stride_kh, stride_ks, n_q, n_kv, eps, D: tl.constexpr, HB: tl.constexpr, NORM: tl.constexpr,
+                        POS_ROWS: tl.constexpr):
         # one program per row, block of HB heads of one kind (q blocks, then k blocks, then v) and layer
         row = tl.program_id(0)
         blk = tl.program_id(1)
@@ -106,7 +108,10 @@ if triton is not None:
                 x = ((x * inv[:, None]).to(dt).to(tl.float32) * w).to(dt).to(tl.float32)
                 xp = ((xp * inv[:, None]).to(dt).to(tl.float32) * wp).to(dt).to(tl.float32)
             xp = tl.where(cols[None, :] < half, -xp, xp)
-            pos = tl.load(POS + row).to(tl.int64) * D
+            if POS_ROWS:                                 # a chain: the position is the cache row
+                pos = (tl.load(START) + row).to(tl.int64) * D
+            else:
+                pos = tl.load(POS + row).to(tl.int64) * D
             c = tl.load(COS + pos + cols).to(tl.float32)[None, :]
             s = tl.load(SIN + pos + cols).to(tl.float32)[None, :]
             y = ((x * c).to(dt).to(tl.float32) + (xp * s).to(dt).to(tl.float32)).to(dt)
@@ -172,11 +177,11 @@ def row_stats_triton(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return arg, lse
 
 
-def rope_kv_reference(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: torch.Tensor, cos: torch.Tensor,
+def rope_kv_reference(qkv: torch.Tensor, n_q: int, pos: torch.Tensor | None, start: torch.Tensor, cos: torch.Tensor,
                       sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                       norm_w: torch.Tensor | None, eps: float, rms=rms_norm_ref) -> None:
     """Plain PyTorch `rope_kv`: qkv (N, Hq+2Hkv, D) in place; cos/sin (S, D) tables; pos (N,) rotary
-    positions; rows [start, start + N) of k_cache / v_cache (Hkv, S, D) get the k and v heads;
+    positions (None: start + row); rows [start, start + N) of k_cache / v_cache (Hkv, S, D) get the k and v heads;
     norm_w (2·D,) = [q_norm | k_norm] or None.
 
     Several layers at once: qkv (N, L, Hq+2Hkv, D), caches (L, Hkv, S, D), norm_w (L, 2·D) or None;
@@ -192,6 +197,8 @@ def rope_kv_reference(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: tor
     if norm_w is not None:
         k = rms(qk[:, n_q:], norm_w[d:], eps)
         qk = torch.cat([rms(qk[:, :n_q], norm_w[:d], eps), k], dim=1) if n_q else k
+    if pos is None:
+        pos = start.reshape(()) + torch.arange(n, device=qkv.device)
     c, s = cos[pos][:, None], sin[pos][:, None]
     rot = torch.cat([-qk[..., d // 2:], qk[..., :d // 2]], dim=-1)
     qkv[:, :n_q + n_kv] = qk * c + rot * s
@@ -204,7 +211,7 @@ ROPE_TILE = 1024  # elements per rope_kv program: 16 heads of 64, 8 of 128 (one 
                   # 8 µs a call for 256 rows of a Qwen3-8B layer on an H200, mostly launch-bound)
 
 
-def rope_kv_triton(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: torch.Tensor, cos: torch.Tensor,
+def rope_kv_triton(qkv: torch.Tensor, n_q: int, pos: torch.Tensor | None, start: torch.Tensor, cos: torch.Tensor,
                    sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                    norm_w: torch.Tensor | None, eps: float) -> None:
     """One launch of `_rope_kv_kernel` (arguments as `rope_kv_reference`; several layers in the one launch
@@ -215,25 +222,26 @@ def rope_kv_triton(qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: torch.
     n, n_l, h, d = qkv.shape
     n_kv = (h - n_q) // 2
     assert h == n_q + 2 * n_kv and d & (d - 1) == 0 and qkv.stride(3) == 1 and qkv.stride(2) == d
-    assert cos.is_contiguous() and sin.is_contiguous() and cos.shape[1] == d and pos.shape == (n,)
+    assert cos.is_contiguous() and sin.is_contiguous() and cos.shape[1] == d and (pos is None or pos.shape == (n,))
     assert k_cache.shape == v_cache.shape and k_cache.shape[:2] == (n_l, n_kv) and k_cache.shape[3] == d
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1 and start.numel() == 1
     assert norm_w is None or (norm_w.shape == (n_l, 2 * d) and norm_w.stride(1) == 1)
     if n == 0:
         return
-    meta = rope_launch_meta(d, norm_w is not None)
+    meta = rope_launch_meta(d, norm_w is not None, pos is None)
     hb = meta["HB"]
     blocks = triton.cdiv(n_q, hb) + 2 * triton.cdiv(n_kv, hb)
     nw = norm_w if norm_w is not None else cos
-    _rope_kv_kernel[(n, blocks, n_l)](qkv, qkv.stride(0), qkv.stride(1), pos, start, cos, sin, nw,
+    _rope_kv_kernel[(n, blocks, n_l)](qkv, qkv.stride(0), qkv.stride(1), start if pos is None else pos, start,
+                                      cos, sin, nw,
                                       nw.stride(0) if norm_w is not None else 0, k_cache, v_cache,
                                       k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), n_q, n_kv, eps,
                                       **meta)
 
 
-def rope_launch_meta(d: int, norm: bool) -> dict:
+def rope_launch_meta(d: int, norm: bool, pos_rows: bool = False) -> dict:
     """`_rope_kv_kernel`'s compile-time launch arguments for head size d (also `tests/sm90_compile.py`'s)."""
-    return dict(D=d, HB=max(1, ROPE_TILE // d), NORM=norm, num_warps=4, enable_fp_fusion=False)
+    return dict(D=d, HB=max(1, ROPE_TILE // d), NORM=norm, POS_ROWS=pos_rows, num_warps=4, enable_fp_fusion=False)
 
 
 class Fused:
@@ -285,10 +293,10 @@ class Fused:
             return rms_norm_triton(x2, w, eps).view(*shape[:-1], shape[-1])
         return rms_norm_ref(x, w, eps)
 
-    def rope_kv(self, qkv: torch.Tensor, n_q: int, pos: torch.Tensor, start: torch.Tensor, cos: torch.Tensor,
+    def rope_kv(self, qkv: torch.Tensor, n_q: int, pos: torch.Tensor | None, start: torch.Tensor, cos: torch.Tensor,
                 sin: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, norm_w: torch.Tensor | None,
                 eps: float) -> None:
-        """In place on qkv (N, Hq+2Hkv, D): (q/k RMSNorm,) RoPE of q and k at positions pos, k and v
+        """In place on qkv (N, Hq+2Hkv, D): (q/k RMSNorm,) RoPE of q and k at positions pos (None: start + row), k and v
         written to cache rows [start, start + N) (see `rope_kv_reference`); with a layer axis, qkv
         (N, L, Hq+2Hkv, D), caches (L, Hkv, S, D) and norm_w (L, 2·D), all L layers in one launch."""
         if self.kind == "triton":

@@ -298,7 +298,7 @@ class FastDecoder(Decoder):
                               tb.draft_logp, tb.cum_logp, top, logits, lse, ints, floats)
         plen, bonus, path = ints[1], ints[2], ints[4:4 + self.d1]           # τ, bonus, (D+1,) node indices
         if speculative:
-            s.st.move_rows(s.prefix + path, s.prefix, plen)
+            s.st.move_rows(path, s.prefix, plen)
             if s.sh is not None:
                 s.sh.append(hidden[path], s.prefix)
         s.prefix.add_(plen)

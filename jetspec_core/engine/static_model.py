@@ -251,12 +251,13 @@ class StaticTarget:
         self.cos, self.sin = rope_table(capacity, s.head_dim, s.rope_theta, dev, dt)
         self.fp32_logits = batch_invariant or _mm_fp32_works(model.lm_head)
 
-    def move_rows(self, src: torch.Tensor, start: torch.Tensor, count: torch.Tensor) -> None:
-        """Copy cache rows src[:count] → [start, start + count) in every layer (the commit of the
-        accepted tree rows: src increasing, src[i] ≥ start + i). start, count: 0-d device tensors."""
+    def move_rows(self, rows: torch.Tensor, start: torch.Tensor, count: torch.Tensor) -> None:
+        """Copy cache rows start + rows[:count] → [start, start + count) in every layer (the commit of the
+        accepted tree rows: rows increasing, rows[i] ≥ i). start, count: 0-d device tensors."""
         if not self.per_layer:  # one launch for every layer and head (kernels/kv_compact.py)
-            backend.kv_compact(self.k, self.v, src, start, count)
+            backend.kv_compact(self.k, self.v, rows, start, count, relative=True)
             return
+        src = start + rows
         dst = start + torch.arange(src.shape[0], device=src.device)
         for k, v in zip(self.k, self.v):  # rows past count copy onto themselves
             s_ = torch.where(dst < start + count, src, dst).to(k.device)
@@ -377,7 +378,7 @@ class StaticHead:
         self.cos, self.sin = rope_table(cap, c.head_dim, c.rope_theta, dev, self.dtype)
         self.tril = torch.ones(self.block, self.block, dtype=torch.bool, device=dev).tril()
         self.tril_bits = kernel[1](self.tril) if kernel is not None else None
-        self.slot = torch.arange(self.block, device=dev)
+        self.is_root = torch.arange(self.block, device=dev) == 0                     # block slot 0
 
     def append(self, hidden: torch.Tensor, prefix: torch.Tensor) -> None:
         """Context rows: tapped target hidden (R, n·Ht) of the rows at [prefix, prefix + R)."""
@@ -385,24 +386,23 @@ class StaticHead:
         r = hidden.shape[0]
         feats = f.rms_norm(F.linear(hidden.to(self.dtype), self.head.fc.weight), self.head.hidden_norm.data,
                            c.rms_norm_eps)                                 # (R, H)
-        pos, start = prefix + self.ar[:r], prefix.reshape(1)
         kv = F.linear(feats, self.ctx_kv).view(r, len(self.layers), 2 * c.num_key_value_heads, c.head_dim)
-        f.rope_kv(kv, 0, pos, start, self.cos, self.sin, self.k, self.v, self.qk_norms, c.rms_norm_eps)
+        f.rope_kv(kv, 0, None, prefix.reshape(1), self.cos, self.sin, self.k, self.v, self.qk_norms, c.rms_norm_eps)
 
     def draft(self, root: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
         """One head forward over [root, MASK × (B−1)] at positions prefix + slot, seeing the
         context rows [0, prefix). Returns the logits (B−1, V) for depths 1..B−1, in the target's dtype
         (the tree step takes the top-K of their log-softmax, `backend.depth_topk`)."""
         c, f, t = self.c, self.fused, self.target
-        ids = torch.where(self.slot == 0, root, c.mask_token_id)
+        ids = torch.where(self.is_root, root, c.mask_token_id)
         x = F.embedding(ids, t.model.embed).to(self.dtype)                 # (B, H)
-        pos, start = prefix + self.slot, prefix.reshape(1)
+        start = prefix.reshape(1)                                          # block row i sits at prefix + i
         hq, hkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
         prep = self.attention.prepare(prefix, self.tril, self.ar, hq // hkv, self.dtype, bits=self.tril_bits)
         for li, w in enumerate(self.layers):
             h = f.rms_norm(x, w.ln1, c.rms_norm_eps)
             qkv = F.linear(h, w.qkv).view(self.block, hq + 2 * hkv, d)
-            f.rope_kv(qkv, hq, pos, start, self.cos, self.sin, self.k[li], self.v[li], w.qk_norm, c.rms_norm_eps)
+            f.rope_kv(qkv, hq, None, start, self.cos, self.sin, self.k[li], self.v[li], w.qk_norm, c.rms_norm_eps)
             x.addmm_(self.attention(prep, qkv[:, :hq], self.k[li], self.v[li]), w.o.t())   # in place
             h = f.rms_norm(x, w.ln2, c.rms_norm_eps)
             x.addmm_(f.silu_mul(F.linear(h, w.gu)), w.down.t())
