@@ -315,7 +315,8 @@ def test_gpu_rope_kv_kernel_rounds_like_pytorch(dtype):
     """Compiled: the fused RoPE + K/V write gives PyTorch's elementwise result bit for bit (each
     product and the sum rounded to the dtype); with the per-head RMSNorm in front, within one
     rounding step (its sum of squares may add up in another order). The logits' row stats
-    (argmax, log-sum-exp) at a Qwen3 vocabulary equal PyTorch's."""
+    (argmax, log-sum-exp) at a Qwen3 vocabulary equal PyTorch's. The several-layer launch and the
+    position-free (chain rows) launch equal the per-layer launch with explicit positions, bit for bit."""
     from jetspec_core.engine import fused
 
     dev = torch.device("cuda")
@@ -336,6 +337,12 @@ def test_gpu_rope_kv_kernel_rounds_like_pytorch(dtype):
             fused.rope_kv_triton(ref[0][:, li], 0, *ref[2:6], ref[6][li], ref[7][li], ref[8][li], ref[9])
         for i in (0, 6, 7):
             assert torch.equal(got[i], ref[i]), (n, i)
+    for n_q, n_kv, d, norm in ((9, 3, 64, False), (32, 8, 128, True)):  # chain rows: positions start + row
+        got, ref = (fused.rope_case(dev, dtype, n_q, n_kv, d, norm, n=64, s=600) for _ in range(2))
+        fused.rope_kv_triton(got[0], n_q, None, *got[3:])
+        fused.rope_kv_triton(ref[0], n_q, ref[3] + torch.arange(64, device=dev), *ref[3:])
+        for i in (0, 6, 7):
+            assert torch.equal(got[i], ref[i]), (n_q, d, i)
     x = torch.randn(256, 151_936, device=dev)
     x[3, 5] = x[3, 150_000] = 1e3
     a, l = fused.row_stats_triton(x)
