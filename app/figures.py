@@ -143,10 +143,11 @@ def tree_figure(rec: RoundRecord, token_text: TokenText | None = None, title: st
                                       line=dict(color="#7c2d12", width=1))))
     tau = len(rec.accepted)
     lanes = by + 1
+    drafted = f"{tau - 1} draft token{'' if tau == 2 else 's'}"
     fig.update_layout(
         **{**_LAYOUT, "height": int(min(820, max(440, 22 * lanes + 120)))},
-        title=title or f"Round {rec.index}: {n} nodes, {tau - 1} draft tokens accepted (τ = {tau})",
-        xaxis=dict(title="depth", dtick=1, zeroline=False, range=[-0.3, bx + 0.9]),
+        title=title or f"Round {rec.index}: {n} nodes, {drafted} accepted (τ = {tau})",
+        xaxis=dict(title="depth", dtick=1, zeroline=False, range=[-0.3, max(bx, max(rec.depth)) + 0.9]),
         yaxis=dict(visible=False, autorange="reversed"),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
         meta={"round": rec.index, "nodes": n, "accepted": list(rec.accepted)})

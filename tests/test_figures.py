@@ -66,6 +66,8 @@ def test_tree_figure_nodes_edges_and_accepted_path(rounds, builder):
         assert sorted(edges) == sorted((pos[p], pos[i]) for i, p in enumerate(rec.parents) if p >= 0)
         # highlighted edges are exactly the accepted path
         path = rec.accepted
+        took = {1: "1 draft token accepted"}.get(len(path) - 1, f"{len(path) - 1} draft tokens accepted")
+        assert f"{n} nodes, {took} (τ = {len(path)})" in fig.layout.title.text
         acc = trace(fig, "accepted path")
         assert [tuple(e) for e in acc.meta["edges"]] == list(zip(path, path[1:]))
         assert segments(acc) == [(pos[a], pos[b]) for a, b in zip(path, path[1:])]
@@ -74,6 +76,21 @@ def test_tree_figure_nodes_edges_and_accepted_path(rounds, builder):
         # the target's choice (bonus) sits one depth past the last accepted node
         bonus = trace(fig, "target's choice")
         assert list(bonus.text) == [f"tok{rec.bonus}"] and bonus.x[0] == rec.depth[path[-1]] + 1
+
+
+def test_tree_view_shows_nodes_deeper_than_the_accepted_path(rounds):
+    """A round whose draft was rejected at depth 1 still shows its whole tree: the x axis reaches
+    the deepest node, not only the bonus token one depth past the root."""
+    import dataclasses
+
+    rec = max(rounds["topb"], key=lambda r: max(r.depth))
+    assert max(rec.depth) >= 3
+    rejected = dataclasses.replace(rec, accepted=[0])
+    for r in (rec, rejected):
+        fig = F.tree_figure(r)
+        lo, hi = fig.layout.xaxis.range
+        assert lo < 0 and hi > max(max(r.depth), r.depth[r.accepted[-1]] + 1)
+    assert "0 draft tokens accepted (τ = 1)" in F.tree_figure(rejected).layout.title.text
 
 
 def test_tree_colours_follow_cumulative_logprob(rounds):
