@@ -1,5 +1,6 @@
 """The app's pure figure and text builders, on rounds recorded from real decoder runs (a tiny
 random llama with an oracle drafter, so accepted paths are long and branch off the top-1 chain)."""
+import dataclasses
 import math
 
 import pytest
@@ -81,8 +82,6 @@ def test_tree_figure_nodes_edges_and_accepted_path(rounds, builder):
 def test_tree_view_shows_nodes_deeper_than_the_accepted_path(rounds):
     """A round whose draft was rejected at depth 1 still shows its whole tree: the x axis reaches
     the deepest node, not only the bonus token one depth past the root."""
-    import dataclasses
-
     rec = max(rounds["topb"], key=lambda r: max(r.depth))
     assert max(rec.depth) >= 3
     rejected = dataclasses.replace(rec, accepted=[0])
@@ -144,6 +143,9 @@ def test_round_charts_count_what_the_records_say(rounds):
     assert heat.z[0][0] == pytest.approx(acc[0][0] / present[0][0])
     exp = F.expected_vs_realised(recs)
     assert list(exp.data[0].y) == [r.expected_tau for r in recs] and list(exp.data[1].y) == taus
+    assert "deterministic" in exp.layout.title.text                  # greedy rounds: the two lines coincide
+    sampled = [dataclasses.replace(r, expected_tau=r.accept_len - 0.5) for r in recs]
+    assert "deterministic" not in F.expected_vs_realised(sampled).layout.title.text
     split = F.time_split_figure(recs)
     assert [t.name for t in split.data] == list(F.PHASES)
     assert sum(split.data[2].y) == pytest.approx(1000 * sum(r.timings["verify"] for r in recs))
