@@ -124,7 +124,7 @@ def tree_figure(rec: RoundRecord, token_text: TokenText | None = None, title: st
         text=labels if show_text else None, textposition="middle right", textfont=dict(size=10),
         customdata=list(range(n)), hovertext=hover, hoverinfo="text",
         marker=dict(size=size, color=list(rec.cum_logp), colorscale=NODE_SCALE, cmin=min(cmin, -1e-6),
-                    cmax=0.0, showscale=True,
+                    cmax=0.0, showscale=n > 1,   # a root-only tree (plain decoding) has no draft scores
                     colorbar=dict(title=dict(text="cum. draft<br>log-prob"), thickness=12),
                     line=dict(color=[ACCEPTED_COLOUR if i in accepted else "#ffffff" for i in range(n)],
                               width=[3 if i in accepted else 1 for i in range(n)]))))
@@ -313,6 +313,6 @@ def sweep_figure(rows: Sequence[dict], plain_tps: float | None = None) -> go.Fig
     fig.update_layout(**_LAYOUT, title="budget sweep: τ and tokens/s",
                       legend=dict(orientation="h", y=1.02, yanchor="bottom", x=1, xanchor="right"))
     fig.update_xaxes(title_text="draft budget (nodes, root included)", type="log", tickvals=b, ticktext=[str(v) for v in b])
-    fig.update_yaxes(title_text="τ", secondary_y=False)
-    fig.update_yaxes(title_text="tokens/s", secondary_y=True)
+    fig.update_yaxes(title_text="τ", rangemode="tozero", secondary_y=False)   # from 0: small moves look small
+    fig.update_yaxes(title_text="tokens/s", rangemode="tozero", secondary_y=True)
     return fig

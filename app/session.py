@@ -200,11 +200,13 @@ class Studio:
         ints = ("budget", "width", "depth", "top_k", "seed", "max_new_tokens")
         vals = {k: (_as_int(v) if k in ints else _as_float(v) if k in ("temperature", "top_p") else v)
                 for k, v in values.items() if v is not None}
-        cfg = DecodeConfig(mode=mode, **vals)
-        if cfg.max_new_tokens > self.limits.max_new_tokens:
-            raise JetSpecError(f"max_new_tokens is limited to {self.limits.max_new_tokens} on this server, "
-                               f"got {cfg.max_new_tokens}")
-        return cfg
+        cap, asked = self.limits.max_new_tokens, vals.get("max_new_tokens")
+        if not (isinstance(asked, int) and asked > cap):   # this server's limit is checked before the general one
+            cfg = DecodeConfig(mode=mode, **vals)
+            if cfg.max_new_tokens <= cap:
+                return cfg
+            asked = cfg.max_new_tokens
+        raise JetSpecError(f"max_new_tokens is limited to {cap} on this server, got {asked}")
 
     def check_mode(self, mode) -> str:
         if mode not in MODES:
@@ -217,8 +219,8 @@ class Studio:
         """Token ids of a prompt after the length and character checks; raises JetSpecError."""
         if not isinstance(prompt, str):
             raise JetSpecError(f"the prompt must be text, got {type(prompt).__name__}")
-        if not prompt.strip():
-            raise JetSpecError("the prompt is empty; type some text")
+        if all(c.isspace() or unicodedata.category(c) == "Cf" for c in prompt):   # Cf: zero-width and the like
+            raise JetSpecError("the prompt is empty (or only spaces and invisible characters); type some text")
         if len(prompt) > self.limits.max_prompt_chars:
             raise JetSpecError(f"the prompt has {len(prompt):,} characters; the limit is "
                                f"{self.limits.max_prompt_chars:,}")

@@ -77,6 +77,7 @@ def _raw_call(url: str, body: str) -> str:
 BAD = [  # (keyword arguments, words the message must contain)
     (dict(prompt=""), "prompt is empty"),
     (dict(prompt="   \n\t  "), "prompt is empty"),
+    (dict(prompt="\u200b\u2060 \ufeff"), "prompt is empty (or only spaces and invisible characters)"),
     (dict(prompt="x" * 100_000), "100,000 characters; the limit is"),
     (dict(prompt="hello\x00world"), "control character (U+0000)"),
     (dict(prompt="ring \x07 bell"), "control character (U+0007)"),
@@ -101,7 +102,7 @@ BAD = [  # (keyword arguments, words the message must contain)
     (dict(prompt="hi", mode="fast"), "mode must be one of jetspec, plain, side_by_side"),
     (dict(prompt="hi", seed=-1), "seed must be a non-negative integer"),
     (dict(prompt="hi", max_new_tokens=0), "max_new_tokens must be an integer from 1 to 4096"),
-    (dict(prompt="hi", max_new_tokens=100_000), "max_new_tokens must be an integer from 1 to 4096"),
+    (dict(prompt="hi", max_new_tokens=100_000), "max_new_tokens is limited to 512 on this server, got 100000"),
     (dict(prompt="hi", max_new_tokens=600), "max_new_tokens is limited to 512 on this server"),
 ]
 RAW_BAD = [  # JSON that gradio_client refuses to send (NaN, Infinity), sent by hand with all 12 values

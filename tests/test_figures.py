@@ -92,6 +92,12 @@ def test_tree_view_shows_nodes_deeper_than_the_accepted_path(rounds):
     assert "0 draft tokens accepted (τ = 1)" in F.tree_figure(rejected).layout.title.text
 
 
+def test_plain_step_draws_no_score_colour_bar(rounds):
+    """Plain decoding's root-only tree has no draft scores to colour: no colour bar; a tree has one."""
+    assert not trace(F.tree_figure(rounds["plain"][0]), "nodes").marker.showscale
+    assert trace(F.tree_figure(rounds["topb"][0]), "nodes").marker.showscale
+
+
 def test_tree_colours_follow_cumulative_logprob(rounds):
     rec = max(rounds["accum_logp"], key=lambda r: len(set(r.cum_logp)))
     nodes = trace(F.tree_figure(rec), "nodes")
@@ -166,6 +172,7 @@ def test_sweep_figure_plots_tau_and_tokens_per_s():
     fig = F.sweep_figure(rows, plain_tps=9.0)
     assert list(fig.data[0].x) == [8, 16, 32] and list(fig.data[0].y) == [r["tau"] for r in rows]
     assert list(fig.data[1].y) == [r["tokens_per_s"] for r in rows] and fig.data[2].y[0] == 9.0
+    assert fig.layout.yaxis.rangemode == fig.layout.yaxis2.rangemode == "tozero"   # both axes start at 0
 
 
 def test_empty_inputs_give_placeholders():
