@@ -200,13 +200,11 @@ class Studio:
         ints = ("budget", "width", "depth", "top_k", "seed", "max_new_tokens")
         vals = {k: (_as_int(v) if k in ints else _as_float(v) if k in ("temperature", "top_p") else v)
                 for k, v in values.items() if v is not None}
-        cap, asked = self.limits.max_new_tokens, vals.get("max_new_tokens")
-        if not (isinstance(asked, int) and asked > cap):   # this server's limit is checked before the general one
-            cfg = DecodeConfig(mode=mode, **vals)
-            if cfg.max_new_tokens <= cap:
-                return cfg
-            asked = cfg.max_new_tokens
-        raise JetSpecError(f"max_new_tokens is limited to {cap} on this server, got {asked}")
+        # this server's limit first (on the asked or default value), then DecodeConfig's general checks
+        cap, asked = self.limits.max_new_tokens, vals.get("max_new_tokens", DecodeConfig.max_new_tokens)
+        if isinstance(asked, int) and asked > cap:
+            raise JetSpecError(f"max_new_tokens is limited to {cap} on this server, got {asked}")
+        return DecodeConfig(mode=mode, **vals)
 
     def check_mode(self, mode) -> str:
         if mode not in MODES:
